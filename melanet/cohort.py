@@ -1,0 +1,55 @@
+"""The cohort table contract (``data/cohort.parquet``) shared by every stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from melanet.errors import ArtifactError
+from melanet.io import read_table
+
+COHORT_FILE = "cohort.parquet"
+ERRORS_FILE = "ingest_errors.csv"
+
+# Column order of cohort.parquet before the labels-table columns and ``fold``.
+DICOM_COLUMNS = [
+    "image_id", "sop_instance_uid", "patient_id", "sex", "age", "site", "modality",
+    "photometric", "rows", "cols", "frames", "bits_stored", "transfer_syntax", "sha256", "image_path",
+]
+REQUIRED_COLUMNS = DICOM_COLUMNS + ["fold"]
+
+
+def read_cohort(data_dir: str | Path) -> pd.DataFrame:
+    """Read and validate ``DATA_DIR/cohort.parquet`` written by ``melanet ingest``."""
+    path = Path(data_dir) / COHORT_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} not found; run `melanet ingest DICOM_DIR --out {data_dir}` first"
+        )
+    cohort = read_table(path, REQUIRED_COLUMNS, what="cohort")
+    if cohort["image_id"].duplicated().any():
+        dup = cohort.loc[cohort["image_id"].duplicated(), "image_id"].iloc[0]
+        raise ArtifactError(f"{path}: image_id {dup!r} appears twice; re-run ingest")
+    return cohort
+
+
+def labelled_mask(cohort: pd.DataFrame, target: str = "target") -> np.ndarray:
+    """Rows with a label (the training set); the rest are the test set."""
+    if target not in cohort.columns:
+        raise ArtifactError(
+            f"cohort has no column {target!r}; labelled columns are: "
+            f"{[c for c in cohort.columns if c not in REQUIRED_COLUMNS]}"
+        )
+    return (cohort[target].notna() & (cohort["fold"] >= 0)).to_numpy()
+
+
+def image_file(data_dir: str | Path, image_path: str) -> Path:
+    """Absolute path of a cached image (``image_path`` is relative to DATA_DIR)."""
+    return Path(data_dir) / image_path
+
+
+def load_image(data_dir: str | Path, image_path: str) -> np.ndarray:
+    """Load one cached image: uint8 array (H, W, 3), RGB."""
+    return np.load(image_file(data_dir, image_path), allow_pickle=False)

@@ -1,0 +1,143 @@
+"""Configuration as data: pydantic models loaded from YAML, overridable from the CLI.
+
+Every stage has a config model (a subclass of :class:`StageConfig`). Unknown
+keys are errors with a "did you mean" hint; ``--set a.b=value`` overrides any
+key with a YAML-parsed value; the resolved config is written into the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from melanet.errors import ArtifactError, ConfigError, did_you_mean
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+C = TypeVar("C", bound="StageConfig")
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown keys are rejected, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """Find a config file: a path as given, or the name of a packaged config (``fusion-cpu-small``)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    for name in (str(path), f"{path}.yaml", Path(str(path)).name):
+        packaged = PACKAGED_CONFIGS / name
+        if packaged.is_file():
+            return packaged
+    available = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+    raise ConfigError(
+        f"config file {str(path)!r} not found{did_you_mean(Path(str(path)).stem, available)}; "
+        f"give a YAML path or one of the packaged configs: {', '.join(available)}"
+    )
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.epochs=3", "model.backbone=resnet18"]`` into a nested dict."""
+    nested: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not key=value; write e.g. --set train.epochs=3")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set both as a value and a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _model_fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (sub)model that a validation error location points into."""
+    cls: Any = model_cls
+    for part in loc[:-1]:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        cls = field.annotation
+    return list(getattr(cls, "model_fields", {}).keys())
+
+
+def build_config(model_cls: type[C], data: dict[str, Any], source: str = "config") -> C:
+    """Validate a dict into ``model_cls``, turning pydantic errors into one clear ConfigError."""
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc)
+            if err["type"] == "extra_forbidden":
+                hint = did_you_mean(str(loc[-1]), _model_fields_at(model_cls, loc))
+                lines.append(f"unknown key {key!r}{hint}")
+            else:
+                lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid {source}: " + "; ".join(lines)) from None
+
+
+def load_config(
+    model_cls: type[C],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> C:
+    """Load a stage config: model defaults < YAML file < ``extra`` (CLI flags) < ``--set``.
+
+    ``extra`` keys may be dotted (``"train.folds"``); ``None`` values are ignored so
+    that CLI flags left unset do not override the file.
+    """
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        resolved = resolve_config_path(path)
+        source = str(resolved)
+        try:
+            loaded = yaml.safe_load(resolved.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{resolved}: not valid YAML ({exc}); fix the file") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{resolved}: expected a mapping of keys at the top level")
+        data = loaded
+    if extra:
+        flags = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                 for k, v in extra.items() if v is not None]
+        data = deep_merge(data, parse_overrides(flags))
+    data = deep_merge(data, parse_overrides(overrides))
+    return build_config(model_cls, data, source)
+
+
+def config_to_yaml(cfg: BaseModel) -> str:
+    """The resolved config as YAML text (paths as strings), for ``config.yaml`` in a run."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_from_run(model_cls: type[C], run_dir: str | Path) -> C:
+    """Reload the resolved config a run wrote."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
+    return build_config(model_cls, yaml.safe_load(path.read_text()) or {}, str(path))

@@ -1,0 +1,101 @@
+"""Atomic artifact writing and validated artifact reading.
+
+Every file a stage writes goes through :func:`atomic_path`: written under a
+temporary name in the same directory, then renamed, so a killed run never
+leaves a file that looks complete but is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from melanet.errors import ArtifactError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_parquet(path: str | Path, df: pd.DataFrame) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False, engine="pyarrow")
+    return Path(path)
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found; run the stage that writes it first")
+    return json.loads(path.read_text())
+
+
+def read_table(path: str | Path, required: Sequence[str] = (), what: str = "table") -> pd.DataFrame:
+    """Read a parquet/CSV artifact and check that the ``required`` columns are present."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} {path} not found; run the stage that writes it first")
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # corrupt or foreign file: say which
+        raise ArtifactError(f"cannot read {what} {path}: {exc}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ArtifactError(
+            f"{what} {path} lacks column(s) {missing}; it was not written by this melanet version "
+            f"or the stage was interrupted - re-run the stage that writes it"
+        )
+    return df
