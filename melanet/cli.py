@@ -94,6 +94,139 @@ def ingest(
     stage.run(cfg)
 
 
+@app.command("train-fusion")
+def train_fusion(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Data folder written by `melanet ingest`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
+    config: ConfigOpt = "fusion",
+    set_: SetOpt = None,
+    folds: Annotated[Optional[str], typer.Option(help="Run only these folds, e.g. 0,1 (merge later with `melanet merge`).")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip folds that already finished.")] = False,
+    exclude: Annotated[Optional[Path], typer.Option(help="CSV with image_id of rows to leave out of training (still predicted out of fold).")] = None,
+    track: Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")] = None,
+    track_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: a local file store in the run).")] = None,
+) -> None:
+    """Train a timm CNN fused with a metadata MLP, k-fold, writing OOF and test predictions."""
+    from melanet.config import load_config
+    from melanet.train import fusion as stage
+
+    cfg = load_config(stage.FusionConfig, config, set_, extra={
+        "data_dir": str(data), "out_dir": str(out), "exclude": str(exclude) if exclude else None,
+        "track": track, "track_uri": track_uri})
+    stage.run(cfg, folds=_folds_arg(folds), resume=resume)
+
+
+@app.command("train-gbdt")
+def train_gbdt(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Data folder written by `melanet ingest`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
+    config: ConfigOpt = "gbdt",
+    set_: SetOpt = None,
+    engine: Annotated[Optional[str], typer.Option(help="lightgbm (default) or xgboost.")] = None,
+    with_oof: Annotated[Optional[list[Path]], typer.Option("--with-oof", help="Image-model run whose OOF/test scores become features (repeatable).")] = None,
+    tune: Annotated[Optional[int], typer.Option(help="Optuna trials to tune hyper-parameters on the fold CV (0 = off).")] = None,
+    exclude: Annotated[Optional[Path], typer.Option(help="CSV with image_id of rows to leave out of training (still predicted out of fold).")] = None,
+    track: Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")] = None,
+    track_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: a local file store in the run).")] = None,
+) -> None:
+    """Train LightGBM/XGBoost on metadata (+ patient context) on the same folds."""
+    from melanet.config import load_config
+    from melanet.train import gbdt as stage
+
+    cfg = load_config(stage.GBDTConfig, config, set_, extra={
+        "data_dir": str(data), "out_dir": str(out), "engine": engine,
+        "with_oof": [str(p) for p in with_oof] if with_oof else None, "tune": tune,
+        "exclude": str(exclude) if exclude else None, "track": track, "track_uri": track_uri})
+    stage.run(cfg)
+
+
+@app.command()
+def merge(run_dir: Annotated[Path, typer.Argument(help="A train-fusion run whose folds ran as separate jobs.")]) -> None:
+    """Merge per-fold outputs into oof.parquet / test.parquet / metrics.json (refuses if a fold is missing)."""
+    from melanet.train import fusion as stage
+
+    stage.merge(run_dir)
+
+
+@app.command()
+def blend(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to blend (each with oof.parquet and test.parquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Blend run folder to write.")],
+    method: Annotated[Optional[str], typer.Option(help="rank, weights or stack.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    track: Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")] = None,
+    track_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Blend runs' OOF and test predictions; report whether the blend beats each part."""
+    from melanet import blend as stage
+    from melanet.config import load_config
+
+    cfg = load_config(stage.BlendConfig, config, set_, extra={
+        "runs": [str(r) for r in runs], "out_dir": str(out), "method": method,
+        "track": track, "track_uri": track_uri})
+    stage.run(cfg)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A trained fusion, gbdt or blend run.")],
+    dicom_dir: Annotated[Path, typer.Argument(help="Folder of new DICOM files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write: image_id,pred (+ per-class columns).")] = Path("predictions.csv"),
+    workers: Annotated[Optional[int], typer.Option(help="Ingest worker processes (0 = all cores).")] = None,
+) -> None:
+    """Apply a trained run to new DICOM files with the preprocessing it was trained with."""
+    from melanet import predict as stage
+
+    stage.run(run_dir, dicom_dir, out, workers=workers)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the synthetic cohort, data and runs.")] = Path("melanet-demo"),
+    patients: Annotated[Optional[int], typer.Option(help="Synthetic patients (default: the synth default).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run synth -> ingest -> train-fusion -> train-gbdt -> blend -> report on a synthetic cohort."""
+    from melanet import demo as stage
+    from melanet.config import load_config
+
+    cfg = load_config(stage.DemoConfig, config, set_, extra={"out_dir": str(out), "patients": patients})
+    stage.run(cfg)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A fusion, gbdt or blend run folder.")]) -> None:
+    """Write RUN_DIR/report.html: curves, calibration, per-fold metrics, error analysis."""
+    from melanet import report as stage
+
+    path = stage.run(run_dir)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def eda(data_dir: Annotated[Path, typer.Argument(help="Data folder written by `melanet ingest`.")]) -> None:
+    """Write DATA_DIR/eda.html: cohort overview, metadata, image thumbnails, duplicates."""
+    from melanet import eda as stage
+
+    path = stage.run(data_dir)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def suspects(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder with oof.parquet.")],
+    top: Annotated[int, typer.Option(help="How many rows to list.")] = 50,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default RUN_DIR/suspects.csv).")] = None,
+) -> None:
+    """List labelled rows whose OOF prediction disagrees most confidently with the label."""
+    from melanet import suspects as stage
+
+    path = stage.run(run_dir, top=top, out=out)
+    console.print(f"wrote {path}")
+
+
 def main() -> None:
     """Console-script entry point: user errors print one message, no traceback."""
     try:
