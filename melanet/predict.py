@@ -1,0 +1,150 @@
+"""``melanet predict``: apply a trained fusion, gbdt or blend run to new DICOM files.
+
+The new files are ingested with the pixel settings the run's training data was
+ingested with (read from ``DATA_DIR/ingest_config.yaml`` via the run's
+``config.yaml``, never re-specified), every fold model predicts (with TTA for
+the CNN), a GBDT trained ``--with-oof`` gets its image-model scores from the
+referenced runs, and a blend applies its saved recipe. For images that were in
+the run's own test set, the result equals the run's ``test.parquet``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from melanet.config import build_config
+from melanet.console import console
+from melanet.errors import ArtifactError
+from melanet.io import read_json, write_csv
+
+KINDS = ("fusion", "gbdt", "blend")
+
+
+def run_kind(run_dir: Path) -> str:
+    """Which trainer wrote ``run_dir``: fusion, gbdt or blend."""
+    run_dir = Path(run_dir)
+    if (run_dir / "blend.json").is_file():
+        return "blend"
+    if any(run_dir.glob("fold_*/model.safetensors")):
+        return "fusion"
+    if any(run_dir.glob("fold_*/model.txt")) or any(run_dir.glob("fold_*/model.json")):
+        return "gbdt"
+    raise ArtifactError(f"{run_dir} is not a finished fusion, gbdt or blend run (no fold models or blend.json); "
+                        f"train it first or check the path")
+
+
+def run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def training_data_dir(run_dir: Path) -> Path:
+    """The data folder a run was trained on (for blends: that of the first input run)."""
+    run_dir = Path(run_dir)
+    if run_kind(run_dir) == "blend":
+        return training_data_dir(Path(blend_inputs(run_dir)[0]))
+    data_dir = run_config(run_dir).get("data_dir")
+    if not data_dir or not Path(data_dir).is_dir():
+        raise ArtifactError(f"{run_dir}/config.yaml names data_dir={data_dir!r}, which does not exist here; "
+                            f"predict needs it for the ingest settings and pseudonymisation key")
+    return Path(data_dir)
+
+
+def blend_inputs(run_dir: Path) -> list[str]:
+    """Input run folders of a blend, resolved relative to the blend folder if moved."""
+    recipe = read_json(Path(run_dir) / "blend.json")
+    paths = []
+    for i, absolute in enumerate(recipe["runs"]):
+        rel = (recipe.get("runs_relative") or [None] * len(recipe["runs"]))[i]
+        candidate = Path(absolute)
+        if not candidate.is_dir() and rel is not None:
+            candidate = (Path(run_dir) / rel).resolve()
+        if not candidate.is_dir():
+            raise ArtifactError(f"blend {run_dir} uses run {absolute}, which is missing; restore it")
+        paths.append(str(candidate))
+    return paths
+
+
+def predict_cohort(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> np.ndarray:
+    """Probabilities of ``run_dir`` for the rows of ``cohort`` (images cached under ``data_dir``).
+
+    Binary runs give (n,); multiclass runs (n, n_classes).
+    """
+    kind = run_kind(run_dir)
+    if kind == "fusion":
+        from melanet.train import fusion
+
+        return fusion.predict(run_dir, cohort, data_dir)
+    if kind == "gbdt":
+        from melanet.train import gbdt
+
+        extra = None
+        sources = run_config(run_dir).get("with_oof") or []
+        if sources:
+            extra = pd.DataFrame({gbdt.oof_feature_name(src, i): _score(predict_cohort(Path(src), cohort, data_dir),
+                                                                         Path(src))
+                                  for i, src in enumerate(sources)}, index=cohort.index)
+        return gbdt.predict(run_dir, cohort, extra=extra)
+    from melanet import blend
+
+    inputs = blend_inputs(run_dir)
+    scores = pd.DataFrame({i: _score(predict_cohort(Path(src), cohort, data_dir), Path(src))
+                           for i, src in enumerate(inputs)}, index=cohort.index)
+    return blend.apply_blend(run_dir, scores)
+
+
+def _score(prob: np.ndarray, run_dir: Path) -> np.ndarray:
+    """The binary score of a run's predictions (its positive class for multiclass runs)."""
+    prob = np.asarray(prob)
+    if prob.ndim == 1:
+        return prob
+    from melanet.runs import spec_from_metrics
+
+    spec = spec_from_metrics(read_json(Path(run_dir) / "metrics.json"))
+    if spec.positive_class is None:
+        raise ArtifactError(f"{run_dir} is multiclass without positive_class; it cannot feed a binary score")
+    return prob[:, spec.classes.index(spec.positive_class)]
+
+
+def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
+        cache_dir: Path | None = None) -> pd.DataFrame:
+    """Predict ``dicom_dir`` with ``run_dir``; write ``out`` (CSV) and ``<out>.errors.csv`` if any failed."""
+    from melanet import ingest
+    from melanet.runs import spec_from_metrics
+
+    run_dir, dicom_dir, out = Path(run_dir), Path(dicom_dir), Path(out)
+    kind = run_kind(run_dir)
+    data_dir = training_data_dir(run_dir)
+    trained = build_config(ingest.IngestConfig, yaml.safe_load((data_dir / "ingest_config.yaml").read_text()),
+                           str(data_dir / "ingest_config.yaml"))
+    work = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="melanet-predict-"))
+    cfg = trained.model_copy(update={"dicom_dir": dicom_dir, "out_dir": work, "labels": None, "eda": False,
+                                     "engine": "local", "workers": workers if workers is not None else trained.workers})
+    cohort, errors, n_files, _ = ingest.decode_folder(cfg, work, ingest.load_key(data_dir), label="predict: ingest")
+    cohort["fold"] = -1
+    if len(cohort) == 0:
+        raise ArtifactError(f"no file under {dicom_dir} could be used ({len(errors)} errors; first: "
+                            f"{errors.iloc[0].to_dict() if len(errors) else 'no files'})")
+    prob = predict_cohort(run_dir, cohort, work)
+    spec = spec_from_metrics(read_json(run_dir / "metrics.json")) if kind != "blend" else None
+    table = pd.DataFrame({"image_id": cohort["image_id"].to_numpy()})
+    if prob.ndim == 1:
+        table["pred"] = prob
+    else:
+        for j, c in enumerate(spec.classes):
+            table[f"pred_{c}"] = prob[:, j]
+        if spec.positive_class is not None:
+            table.insert(1, "pred", prob[:, spec.classes.index(spec.positive_class)])
+    write_csv(out, table)
+    if len(errors):
+        write_csv(out.with_suffix(".errors.csv"), errors)
+    console.print(f"[bold]predict[/] ({kind}): {n_files} files seen = {len(table)} predicted + {len(errors)} "
+                  f"not usable{' (see ' + str(out.with_suffix('.errors.csv')) + ')' if len(errors) else ''} -> {out}")
+    return table
