@@ -451,7 +451,9 @@ def run(cfg: IngestConfig) -> IngestResult:
 
     report = pd.DataFrame(columns=["key", "status"])
     if labels is not None:
-        failed = {image_id_for(p): p for p in errors["path"]} | {Path(p).name: p for p in errors["path"]}
+        # a label may name a failed file by id, name, stem or path without any suffix
+        failed = {alias: p for p in errors["path"]
+                  for alias in (image_id_for(p), Path(p).name, Path(p).stem, Path(p).with_suffix("").as_posix())}
         cohort, report = join_labels(cohort, labels, cfg.label_key, cfg.target, failed)
     elif cfg.target not in cohort.columns:
         cohort[cfg.target] = np.nan

@@ -133,7 +133,7 @@ def test_labels_by_sop_uid_and_relative_path(cohort_dir, ingested, tmp_path):
 def test_label_errors_name_the_problem(ingested):
     out, _ = ingested
     cohort = read_cohort(out)[DICOM_COLUMNS]
-    with pytest.raises(InputDataError, match="did you mean 'image_id'"):
+    with pytest.raises(InputDataError, match="did you mean 'imageid'"):
         ingest.join_labels(cohort, pd.DataFrame({"imageid": ["a"], "target": [1]}), "image_id", "target")
     with pytest.raises(InputDataError, match="appears twice"):
         ingest.join_labels(cohort, pd.DataFrame({"image_id": ["a", "a"], "target": [1, 0]}), "image_id", "target")
