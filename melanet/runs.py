@@ -100,8 +100,10 @@ def resolve_target(labels: pd.Series, column: str, positive_class: str | None = 
 def predictions_frame(rows: pd.DataFrame, prob: np.ndarray, spec: TargetSpec) -> pd.DataFrame:
     """``image_id, patient_id, fold, target`` of ``rows`` plus the prediction columns."""
     prob = np.asarray(prob, dtype=float)
+    if not spec.is_binary and len(rows) == 0:
+        prob = prob.reshape(0, len(spec.classes))
     if spec.is_binary:
-        prob = prob.reshape(len(rows), -1)[:, -1:]
+        prob = prob.reshape(len(rows), -1)[:, -1:] if len(rows) else prob.reshape(0, 1)
     out = pd.DataFrame({
         "image_id": rows["image_id"].astype(str).to_numpy(),
         "patient_id": rows["patient_id"].astype(str).to_numpy(),

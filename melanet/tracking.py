@@ -9,6 +9,7 @@ default.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ class MlflowTracker:
         except ImportError:
             raise MissingDependencyError("--track mlflow needs mlflow; pip install mlflow-skinny") from None
         self._mlflow = mlflow
+        if uri is None:  # recent MLflow refuses a plain file store unless asked for explicitly
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri(uri or (Path(run_dir).resolve() / "mlruns").as_uri())
         mlflow.set_experiment(experiment)
         self._run = mlflow.start_run(run_name=Path(run_dir).name)
