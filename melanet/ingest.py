@@ -488,7 +488,11 @@ def _write_eda(out_dir: Path) -> None:
         from melanet import eda
     except ImportError:  # the EDA page is optional for ingest
         return
-    path = eda.run(out_dir)
+    try:
+        path = eda.run(out_dir)
+    except Exception as exc:  # the cohort is written; a broken page must not fail the ingest
+        console.print(f"[yellow]EDA page not written[/] ({type(exc).__name__}: {exc}); run `melanet eda {out_dir}`")
+        return
     console.print(f"EDA page: {path}")
 
 
