@@ -1,0 +1,1 @@
+"""Trainers: ``fusion`` (timm CNN + metadata MLP) and ``gbdt`` (LightGBM / XGBoost on metadata)."""

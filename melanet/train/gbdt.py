@@ -1,0 +1,841 @@
+"""``melanet train-gbdt``: LightGBM or XGBoost on DICOM metadata and patient context, on the cohort's folds.
+
+The ISIC 2024 winners' recipe: gradient-boosted trees on header metadata (sex,
+age, site, ... with categoricals handled natively by the engine and missing
+values kept missing) plus patient-context features (images per patient, each
+value relative to the same patient's mean/std and rank), optionally with
+image-model out-of-fold scores as features. Features come from
+:func:`melanet.features.build_features`, the code FusionNet's metadata branch
+uses too.
+
+Written to ``OUT_DIR`` (DESIGN.md "Runs")::
+
+    config.yaml                 resolved config (tuned parameters included)
+    features.json               feature columns, categorical levels, classes, folds (read by predict)
+    fold_<k>/model.txt|json     the fold's booster in the engine's own format
+    fold_<k>/history.csv        early-stopping metric per round on the inner split
+    fold_<k>/{oof,test}.parquet, fold_<k>/DONE
+    oof.parquet, test.parquet, metrics.json
+    feature_importance.csv/png  total gain per feature, mean over folds
+    tune.json, tune_trials.csv  with ``tune: N``
+
+Leakage, and what guards against it:
+
+- No feature reads a label. Patient-context features use only the rows of the
+  same patient (labelled or not); folds are grouped by patient, so none of
+  them carries a statistic across folds.
+- Early stopping watches an inner, patient-grouped split of the training
+  folds, never the validation fold whose predictions become the OOF.
+- ``with_oof`` (ISIC 2024 stacking) is optional because it leaks at second
+  order: each training row's image score comes from an image model that did
+  not see that row, but the GBDT of fold k trains on rows of the other folds,
+  whose image scores were made by image models that trained on fold k's
+  validation rows. The GBDT OOF metric is therefore slightly optimistic. This
+  is standard practice; the blend's cross-validation does not remove it.
+- ``tune`` picks hyper-parameters on the same folds' CV, so a tuned run's OOF
+  metric is optimistic by the selection too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, ValidationInfo, field_validator
+
+from melanet import features as F
+from melanet.cohort import DICOM_COLUMNS, labelled_mask, read_cohort
+from melanet.config import StageConfig, config_from_run, config_to_yaml
+from melanet.console import console
+from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean, unknown_choice
+from melanet.io import read_json, read_table, write_csv, write_json, write_text
+from melanet.runs import (RunDir, TargetSpec, evaluate, merge_folds, predictions_frame, read_run,
+                          resolve_target, spec_from_metrics)
+from melanet.tracking import BACKENDS, start_tracking
+
+FEATURES_FILE = "features.json"
+# Identifiers are never features: they would let a tree memorise rows or patients.
+NOT_FEATURES = {"image_id", "sop_instance_uid", "patient_id", "sha256", "image_path", "fold"}
+
+
+# --------------------------------------------------------------------------- engines
+
+
+class TreeModel:
+    """One fold's booster, scikit-learn style: settings in ``__init__``, ``fit`` returns self,
+    learned state in ``booster_``, ``best_iteration_`` (rounds kept), ``history_`` (early-stopping
+    metric per round) and ``n_train_`` / ``n_early_stopping_`` (rows boosted on / watched).
+
+    ``n_classes`` 2 means a binary objective and ``predict_proba`` of shape (n,);
+    more means softmax and (n, n_classes).
+    """
+
+    name: ClassVar[str]
+    model_file: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]]
+    # engine parameter -> the top-level config key that sets it
+    reserved: ClassVar[dict[str, str]]
+
+    def __init__(self, params: dict[str, Any], n_classes: int = 2, num_boost_round: int = 1000,
+                 early_stopping_rounds: int | None = 100, seed: int = 0, n_jobs: int = 1):
+        self.params = dict(params)
+        self.n_classes = n_classes
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    def _check(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
+
+    def _error(self, exc: Exception) -> ConfigError:
+        return ConfigError(f"{self.name} rejected the parameters {self.params}: {exc}; "
+                           f"fix the `{self.name}:` section of the config")
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, X_valid: pd.DataFrame | None = None,
+            y_valid: np.ndarray | None = None) -> "TreeModel":
+        """Boost on ``X, y``; with ``X_valid, y_valid`` stop early on them. Returns self."""
+        self._fit(X, y, X_valid, y_valid)
+        self.n_train_ = len(X)
+        self.n_early_stopping_ = 0 if X_valid is None else len(X_valid)
+        return self
+
+    # Subclasses implement these.
+    def _fit(self, X: pd.DataFrame, y: np.ndarray, X_valid: pd.DataFrame | None,
+             y_valid: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def feature_gain(self) -> pd.Series:
+        """Total split gain per feature over the kept rounds."""
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: str | Path, n_classes: int, n_jobs: int = 1) -> "TreeModel":
+        raise NotImplementedError
+
+    @classmethod
+    def canonical(cls, key: str) -> str:
+        """The engine's own name for a parameter given under an alias."""
+        return key
+
+    @classmethod
+    def known_params(cls) -> list[str]:
+        """Every parameter name the engine accepts (for typo detection)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def suggest(trial: Any) -> dict[str, Any]:
+        """Optuna search space of the main hyper-parameters."""
+        raise NotImplementedError
+
+
+class LightGBMModel(TreeModel):
+    name = "lightgbm"
+    model_file = "model.txt"
+    defaults = {
+        "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.8,
+        "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "max_cat_to_onehot": 4,
+        # Same input, same seed, same trees: no timing-based row/col-wise choice, no racy reductions.
+        "deterministic": True, "force_col_wise": True, "verbosity": -1,
+    }
+    reserved = {"objective": "target", "num_class": "target", "num_threads": "n_jobs", "seed": "seed",
+                "num_iterations": "num_boost_round", "early_stopping_round": "early_stopping_rounds"}
+
+    @classmethod
+    @functools.cache
+    def _aliases(cls) -> dict[str, str]:
+        # LightGBM's own alias table (private, but the only complete list of its parameters).
+        from lightgbm.basic import _ConfigAliases
+
+        table = _ConfigAliases._get_all_param_aliases()
+        return {alias: name for name, aliases in table.items() for alias in [name, *aliases]}
+
+    @classmethod
+    def canonical(cls, key: str) -> str:
+        return cls._aliases().get(key, key)
+
+    @classmethod
+    def known_params(cls) -> list[str]:
+        return list(cls._aliases())
+
+    def _train_params(self) -> dict[str, Any]:
+        params = {**self.params, "seed": self.seed, "num_threads": self.n_jobs}
+        if self.n_classes > 2:
+            params.update(objective="multiclass", num_class=self.n_classes)
+        else:
+            params.update(objective="binary")
+        return params
+
+    def _fit(self, X, y, X_valid, y_valid):
+        import lightgbm as lgb
+
+        params = self._train_params()
+        train = lgb.Dataset(X, y)
+        history: dict = {}
+        valid_sets, callbacks = [], []
+        if X_valid is not None and self.early_stopping_rounds:
+            valid_sets = [lgb.Dataset(X_valid, y_valid, reference=train)]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False),
+                         lgb.record_evaluation(history)]
+        try:
+            self.booster_ = lgb.train(params, train, self.num_boost_round, valid_sets=valid_sets,
+                                      valid_names=["valid"] * len(valid_sets), callbacks=callbacks)
+        except lgb.basic.LightGBMError as exc:
+            raise self._error(exc) from None
+        self.best_iteration_ = self.booster_.best_iteration or self.booster_.current_iteration()
+        self.history_ = pd.DataFrame(history.get("valid", {}))
+
+    def predict_proba(self, X):
+        self._check()
+        return self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=self.n_jobs)
+
+    def feature_gain(self):
+        self._check()
+        return pd.Series(self.booster_.feature_importance("gain", iteration=self.best_iteration_),
+                         index=self.booster_.feature_name(), dtype=float)
+
+    def save(self, path):
+        self._check()
+        write_text(path, self.booster_.model_to_string(num_iteration=self.best_iteration_))
+
+    @classmethod
+    def load(cls, path, n_classes, n_jobs=1):
+        import lightgbm as lgb
+
+        model = cls({}, n_classes=n_classes, n_jobs=n_jobs)
+        model.booster_ = lgb.Booster(model_file=str(path))
+        model.best_iteration_ = model.booster_.current_iteration()
+        return model
+
+    @staticmethod
+    def suggest(trial):
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+            "num_leaves": trial.suggest_int("num_leaves", 7, 127, log=True),
+            "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 5, 200, log=True),
+            "feature_fraction": trial.suggest_float("feature_fraction", 0.4, 1.0),
+            "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+            "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
+        }
+
+
+class XGBoostModel(TreeModel):
+    name = "xgboost"
+    model_file = "model.json"
+    defaults = {
+        "eta": 0.05, "max_depth": 6, "min_child_weight": 1.0, "subsample": 0.8, "colsample_bytree": 0.8,
+        "lambda": 1.0, "tree_method": "hist", "max_cat_to_onehot": 4, "verbosity": 0,
+    }
+    reserved = {"objective": "target", "num_class": "target", "nthread": "n_jobs", "n_jobs": "n_jobs",
+                "seed": "seed", "random_state": "seed", "num_boost_round": "num_boost_round",
+                "n_estimators": "num_boost_round", "early_stopping_rounds": "early_stopping_rounds"}
+    _ALIASES = {"learning_rate": "eta", "reg_lambda": "lambda", "reg_alpha": "alpha", "min_split_loss": "gamma",
+                "random_state": "seed", "n_jobs": "nthread"}
+
+    @classmethod
+    def canonical(cls, key: str) -> str:
+        return cls._ALIASES.get(key, key)
+
+    @classmethod
+    @functools.cache
+    def known_params(cls) -> list[str]:
+        # XGBoost has no parameter list; the keys of a fitted booster's config are the closest thing.
+        import json
+
+        import xgboost as xgb
+
+        booster = xgb.train({"objective": "binary:logistic", "tree_method": "hist", "verbosity": 0},
+                            xgb.DMatrix(np.zeros((2, 1)), np.array([0, 1])), 1)
+        keys: set[str] = set(cls._ALIASES) | {"eval_metric"} | set(xgb.get_config())
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                keys.update(node)
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(json.loads(booster.save_config()))
+        return sorted(keys)
+
+    @classmethod
+    def unused_params(cls, params: dict[str, Any]) -> list[str]:
+        """Parameter names XGBoost reports as unused (misspelt or meaningless) after one round."""
+        import xgboost as xgb
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                xgb.train({**params, "objective": "binary:logistic", "verbosity": 1},
+                          xgb.DMatrix(np.zeros((2, 1)), np.array([0, 1])), 1)
+            except xgb.core.XGBoostError:
+                return []  # bad values are reported, with the parameters, when the fold trains
+        found = re.search(r"Parameters: \{(.*?)\} are not used", " ".join(str(w.message) for w in caught), re.S)
+        return re.findall(r'"([^"]+)"', found.group(1)) if found else []
+
+    def _train_params(self) -> dict[str, Any]:
+        params = {**self.params, "seed": self.seed, "nthread": self.n_jobs}
+        if self.n_classes > 2:
+            params.update(objective="multi:softprob", num_class=self.n_classes)
+        else:
+            params.update(objective="binary:logistic")
+        return params
+
+    def _matrix(self, X: pd.DataFrame, y: np.ndarray | None = None):
+        import xgboost as xgb
+
+        return xgb.DMatrix(X, y, enable_categorical=True, nthread=self.n_jobs)
+
+    def _fit(self, X, y, X_valid, y_valid):
+        import xgboost as xgb
+
+        history: dict = {}
+        evals, stopping = [], None
+        if X_valid is not None and self.early_stopping_rounds:
+            evals, stopping = [(self._matrix(X_valid, y_valid), "valid")], self.early_stopping_rounds
+        try:
+            booster = xgb.train(self._train_params(), self._matrix(X, y), self.num_boost_round, evals=evals,
+                                early_stopping_rounds=stopping, evals_result=history, verbose_eval=False)
+        except xgb.core.XGBoostError as exc:
+            raise self._error(exc) from None
+        kept = booster.best_iteration + 1 if stopping else booster.num_boosted_rounds()
+        # Keep only the rounds used, so the saved file predicts exactly what the OOF holds.
+        self.booster_ = booster[:kept]
+        self.best_iteration_ = kept
+        self.history_ = pd.DataFrame(history.get("valid", {}))
+
+    def predict_proba(self, X):
+        self._check()
+        return self.booster_.predict(self._matrix(X))
+
+    def feature_gain(self):
+        self._check()
+        gain = self.booster_.get_score(importance_type="total_gain")
+        return pd.Series({f: float(gain.get(f, 0.0)) for f in self.booster_.feature_names}, dtype=float)
+
+    def save(self, path):
+        from melanet.io import write_bytes
+
+        self._check()
+        # save_raw, not save_model: save_model picks its format from the (temporary) file name.
+        write_bytes(path, bytes(self.booster_.save_raw("json")))
+
+    @classmethod
+    def load(cls, path, n_classes, n_jobs=1):
+        import xgboost as xgb
+
+        model = cls({}, n_classes=n_classes, n_jobs=n_jobs)
+        model.booster_ = xgb.Booster()
+        model.booster_.load_model(str(path))
+        model.booster_.set_param({"nthread": n_jobs})
+        model.best_iteration_ = model.booster_.num_boosted_rounds()
+        return model
+
+    @staticmethod
+    def suggest(trial):
+        return {
+            "eta": trial.suggest_float("eta", 0.01, 0.2, log=True),
+            "max_depth": trial.suggest_int("max_depth", 3, 10),
+            "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 50.0, log=True),
+            "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+            "colsample_bytree": trial.suggest_float("colsample_bytree", 0.4, 1.0),
+            "lambda": trial.suggest_float("lambda", 1e-3, 10.0, log=True),
+        }
+
+
+ENGINES: dict[str, type[TreeModel]] = {m.name: m for m in (LightGBMModel, XGBoostModel)}
+
+
+def get_engine(name: str) -> type[TreeModel]:
+    """The tree model class registered under ``name`` (``lightgbm``, ``xgboost``)."""
+    if name not in ENGINES:
+        raise unknown_choice("GBDT engine", name, ENGINES)
+    return ENGINES[name]
+
+
+# --------------------------------------------------------------------------- config
+
+
+class FeatureConfig(StageConfig):
+    """Which cohort columns become features (see :func:`melanet.features.build_features`)."""
+
+    categorical: list[str] = Field(default_factory=lambda: list(F.CATEGORICAL),
+                                   description="Columns used as native categoricals (missing stays missing).")
+    numeric: list[str] = Field(default_factory=lambda: list(F.NUMERIC),
+                               description="Numeric columns (age in years, sizes in pixels...).")
+    context: bool = Field(True, description="Add patient-context features: images per patient and each "
+                                            "context column vs the patient's mean, std, rank and range.")
+    context_columns: list[str] = Field(default_factory=lambda: list(F.CONTEXT_DEFAULT),
+                                       description="Numeric columns that get patient-context features.")
+
+
+class GBDTConfig(StageConfig):
+    """Settings of ``melanet train-gbdt``. Engine parameters are merged over the engine's defaults."""
+
+    data_dir: Path
+    out_dir: Path
+    target: str = Field("target", description="Label column: 0/1 (binary) or class names (multiclass).")
+    positive_class: str | None = Field(None, description="Multiclass: the class scored by AUC/pAUC and the blend.")
+    engine: str = Field("lightgbm", description="lightgbm or xgboost.")
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    lightgbm: dict[str, Any] = Field(default_factory=lambda: dict(LightGBMModel.defaults))
+    xgboost: dict[str, Any] = Field(default_factory=lambda: dict(XGBoostModel.defaults))
+    num_boost_round: int = Field(2000, ge=1, description="Most boosting rounds per fold.")
+    early_stopping_rounds: int | None = Field(
+        100, ge=1, description="Stop after this many rounds without improvement on the inner split; "
+                               "null trains num_boost_round rounds on all training rows.")
+    inner_valid_fraction: float = Field(0.2, gt=0.0, lt=1.0,
+                                        description="Fraction of training patients held out for early stopping.")
+    seed: int = Field(42, ge=0, description="Seed of boosting, bagging, the inner split and tuning.")
+    n_jobs: int = Field(0, ge=0, description="Threads per model (0 = all available cores).")
+    with_oof: list[str] = Field(default_factory=list,
+                                description="Image-model runs whose OOF/test scores become features.")
+    with_oof_context: bool = Field(True, description="Patient-context features on the OOF scores too "
+                                                     "(the 'ugly duckling': a lesion vs the patient's others).")
+    tune: int = Field(0, ge=0, description="Optuna trials over the main hyper-parameters (0 = off).")
+    exclude: Path | None = Field(None, description="CSV with image_id of rows not to train on (still predicted).")
+    track: str = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
+    track_uri: str | None = Field(None, description="MLflow tracking URI.")
+    report: bool = Field(True, description="Write report.html (as `melanet report`) after training.")
+
+    @field_validator("positive_class", mode="before")
+    @classmethod
+    def _class_as_text(cls, value: Any) -> Any:
+        return None if value is None else str(value)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value not in ENGINES:
+            raise ValueError(str(unknown_choice("GBDT engine", value, ENGINES)))
+        return value
+
+    @field_validator("track")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(str(unknown_choice("tracking backend", value, BACKENDS)))
+        return value
+
+    @field_validator("lightgbm", "xgboost")
+    @classmethod
+    def _engine_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        model = ENGINES[info.field_name]
+        params = {model.canonical(k): v for k, v in model.defaults.items()}
+        params.update({model.canonical(str(k)): v for k, v in value.items()})
+        for key in map(str, value):
+            owner = model.reserved.get(model.canonical(key), model.reserved.get(key))
+            if owner:
+                raise ValueError(f"{key!r} is set by the top-level key {owner!r}; remove it from "
+                                 f"`{info.field_name}:` and set {owner} instead")
+        # Names are checked only for the engine in use: XGBoost's check trains one tiny round.
+        if info.data.get("engine") == model.name:
+            check_param_names(model, {str(k): v for k, v in value.items()})
+        return params
+
+
+def check_param_names(model: type[TreeModel], params: dict[str, Any]) -> None:
+    """Raise ValueError naming the first parameter ``model``'s engine does not know, with a hint."""
+    known = model.known_params()
+    unknown = [k for k in params if k not in known]
+    if model is XGBoostModel and not unknown:
+        unknown = model.unused_params(params)
+    if unknown:
+        raise ValueError(f"unknown {model.name} parameter {unknown[0]!r}{did_you_mean(unknown[0], known)}; "
+                         f"see the {model.name} parameter documentation")
+
+
+def engine_params(cfg: GBDTConfig) -> dict[str, Any]:
+    """The selected engine's parameters (defaults merged with the config's)."""
+    return dict(getattr(cfg, cfg.engine))
+
+
+def resolve_n_jobs(n_jobs: int) -> int:
+    """Threads to use: ``n_jobs``, or every core this process may run on when 0."""
+    if n_jobs > 0:
+        return n_jobs
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------- features (pure)
+
+
+def oof_feature_name(run_dir: str | Path, index: int) -> str:
+    """Feature column holding image-model run number ``index``'s score (``oof0_fusion``)."""
+    stem = re.sub(r"[^0-9A-Za-z_]+", "_", Path(str(run_dir)).name).strip("_") or "run"
+    return f"oof{index}_{stem}"
+
+
+def feature_table(cohort: pd.DataFrame, fcfg: FeatureConfig, extra: pd.DataFrame | None = None,
+                  extra_context: bool = True, target: str = "target") -> pd.DataFrame:
+    """The GBDT's feature table for ``cohort`` (row-aligned): metadata, patient context, ``extra`` scores.
+
+    Refuses columns that are missing, identifiers, or the label. With
+    ``extra_context`` the ``extra`` columns get patient-context features too.
+    """
+    wanted = {"features.categorical": fcfg.categorical, "features.numeric": fcfg.numeric,
+              "features.context_columns": fcfg.context_columns if fcfg.context else []}
+    for key, columns in wanted.items():
+        for col in columns:
+            if col in NOT_FEATURES or col in (target, "target"):
+                why = "is an identifier" if col in NOT_FEATURES else "is the label"
+                raise ConfigError(f"{key}: column {col!r} {why} and cannot be a feature; remove it")
+            if col not in cohort.columns:
+                raise ConfigError(f"{key}: column {col!r} is not in the cohort"
+                                  f"{did_you_mean(col, cohort.columns)}; cohort columns: {list(cohort.columns)}")
+            if col not in DICOM_COLUMNS:
+                console.print(f"[yellow]warning:[/] {key}: {col!r} comes from the labels table; "
+                              f"make sure it is not derived from the label", highlight=False)
+    context_columns = list(fcfg.context_columns)
+    if extra is not None and extra_context:
+        context_columns += list(extra.columns)
+    # Patient statistics are float sums whose last bits depend on row order; a canonical order makes a
+    # row's features (and so its prediction) the same whichever rows it is predicted with.
+    order = np.lexsort((pd.factorize(cohort["image_id"].astype(str), sort=True)[0],
+                        pd.factorize(cohort["patient_id"].astype(str), sort=True)[0]))
+    feats = F.build_features(cohort.iloc[order], context=fcfg.context,
+                             extra=None if extra is None else extra.iloc[order], context_columns=context_columns,
+                             categorical=fcfg.categorical, numeric=fcfg.numeric)
+    return feats.iloc[np.argsort(order)]
+
+
+def feature_schema(X: pd.DataFrame) -> dict[str, Any]:
+    """Column order and categorical levels of a feature table, so new rows are encoded the same way."""
+    return {"columns": list(X.columns),
+            "categories": {c: [str(v) for v in X[c].cat.categories] for c in X.columns
+                           if isinstance(X[c].dtype, pd.CategoricalDtype)}}
+
+
+def apply_schema(X: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
+    """``X`` with the training columns in order and the training categories (unseen levels -> missing)."""
+    missing = [c for c in schema["columns"] if c not in X.columns]
+    if missing:
+        raise ArtifactError(f"the rows to predict lack feature column(s) {missing} the model was trained on")
+    X = X[schema["columns"]].copy()
+    for col, levels in schema["categories"].items():
+        values = X[col]
+        if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.astype(str).is_unique:
+            X[col] = values.cat.rename_categories(values.cat.categories.astype(str)).cat.set_categories(levels)
+        else:
+            X[col] = pd.Categorical(values.astype(str).where(values.notna(), None), categories=levels)
+    return X
+
+
+def load_oof_features(cohort: pd.DataFrame, labelled: np.ndarray, runs: Sequence[str | Path]) -> pd.DataFrame:
+    """Image-model scores as features, row-aligned with ``cohort``: OOF for labelled rows, test for the rest.
+
+    Each run must cover exactly the cohort's labelled rows (same folds) in its
+    ``oof.parquet`` and the unlabelled rows in its ``test.parquet``.
+    """
+    out = pd.DataFrame(index=cohort.index)
+    ids = cohort["image_id"].astype(str)
+    for i, run in enumerate(runs):
+        oof, test, metrics = read_run(run)
+        column = spec_from_metrics(metrics).score_column
+        if column is None:
+            raise ArtifactError(f"--with-oof {run}: the run is multiclass without positive_class, so it has no "
+                                f"single score; re-train it with positive_class set")
+        for name, table, expected in (("oof.parquet", oof, ids[labelled]), ("test.parquet", test, ids[~labelled])):
+            _check_ids(run, name, table["image_id"].astype(str), expected)
+        folds = cohort.loc[labelled, ["image_id", "fold"]].astype({"image_id": str}).merge(
+            oof[["image_id", "fold"]].astype({"image_id": str}), on="image_id", suffixes=("", "_run"))
+        wrong = folds.loc[folds["fold"].astype(int) != folds["fold_run"].astype(int)]
+        if len(wrong):
+            row = wrong.iloc[0]
+            raise ArtifactError(f"--with-oof {run}: image_id {row['image_id']!r} is in fold {int(row['fold_run'])} "
+                                f"there but in fold {int(row['fold'])} in the cohort; train both on the same data")
+        scores = pd.concat([oof.set_index(oof["image_id"].astype(str))[column],
+                            test.set_index(test["image_id"].astype(str))[column]])
+        out[oof_feature_name(run, i)] = ids.map(scores).astype(float).to_numpy()
+    return out
+
+
+def _check_ids(run: str | Path, name: str, found: pd.Series, expected: pd.Series) -> None:
+    extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+    if extra or missing or found.duplicated().any():
+        detail = (f"has image_id {extra[0]!r}, which the cohort's matching rows lack" if extra else
+                  f"lacks image_id {missing[0]!r}" if missing else f"repeats image_id {found[found.duplicated()].iloc[0]!r}")
+        raise ArtifactError(f"--with-oof {run}: {name} {detail}; the run was trained on another cohort or "
+                            f"target - re-train it on this data")
+
+
+def read_exclude(path: str | Path | None, cohort: pd.DataFrame) -> np.ndarray:
+    """Rows of ``cohort`` listed (by ``image_id``) in the CSV at ``path``; all False without one."""
+    if path is None:
+        return np.zeros(len(cohort), bool)
+    listed = read_table(path, ["image_id"], "exclude list")["image_id"].astype(str)
+    ids = cohort["image_id"].astype(str)
+    unknown = sorted(set(listed) - set(ids))
+    if unknown:
+        raise InputDataError(f"exclude list {path}: {len(unknown)} image_id(s) are not in the cohort, e.g. "
+                             f"{unknown[0]!r}{did_you_mean(unknown[0], ids)}; fix or remove them")
+    return ids.isin(set(listed)).to_numpy()
+
+
+# --------------------------------------------------------------------------- training core (pure)
+
+
+def inner_split(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split training rows into (fit, early-stopping) positions by patient, stratified on "any positive".
+
+    A cheap permutation per stratum instead of StratifiedGroupKFold, whose
+    per-patient Python loop costs seconds on 100,000 rows.
+    """
+    codes, _ = pd.factorize(pd.Series(groups))
+    positive = np.bincount(codes, weights=(np.asarray(y) > 0).astype(float)) > 0
+    rng = np.random.default_rng(seed)
+    stop_patient = np.zeros(len(positive), bool)
+    for stratum in (positive, ~positive):
+        members = np.flatnonzero(stratum)
+        stop_patient[rng.permutation(members)[:int(round(fraction * len(members)))]] = True
+    stop = stop_patient[codes]
+    if stop.all() or not stop.any():
+        raise ArtifactError(f"cannot hold out {fraction:.0%} of {len(positive)} training patients for early "
+                            f"stopping; set early_stopping_rounds: null or change inner_valid_fraction")
+    return np.flatnonzero(~stop), np.flatnonzero(stop)
+
+
+def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: np.ndarray, trainable: np.ndarray,
+                     make_model: Callable[[], TreeModel], inner_valid_fraction: float,
+                     seed: int, folds: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray, TreeModel]]:
+    """Fit one model per fold on the labelled rows ``X``; yield ``(k, validation mask, fitted model)``.
+
+    Fold k's model trains on the other folds' ``trainable`` rows, early-stopped on a
+    patient-grouped inner split of them; fold k's rows are only predicted.
+    """
+    for k in (folds if folds is not None else np.unique(fold)):
+        val = fold == k
+        train = np.flatnonzero(~val & trainable)
+        model = make_model()
+        if model.early_stopping_rounds:
+            fit, stop = inner_split(y[train], groups[train], inner_valid_fraction, seed + int(k))
+            fit, stop = train[fit], train[stop]
+            model.fit(X.iloc[fit], y[fit], X.iloc[stop], y[stop])
+        else:
+            model.fit(X.iloc[train], y[train])
+        yield int(k), val, model
+
+
+def class_prob(prob: np.ndarray, spec: TargetSpec) -> np.ndarray:
+    """Model output in the run's shape: (n,) binary, (n, n_classes) multiclass (also for 2 classes)."""
+    prob = np.asarray(prob, dtype=float)
+    if spec.is_binary:
+        return prob
+    if prob.ndim == 1:
+        return np.column_stack([1.0 - prob, prob])
+    return prob / prob.sum(axis=1, keepdims=True)  # XGBoost's float32 softmax sums to 1 only within ~1e-7
+
+
+def n_classes_of(spec: TargetSpec) -> int:
+    return 2 if spec.is_binary else len(spec.classes)
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def tune_params(X: pd.DataFrame, y: np.ndarray, rows: pd.DataFrame, groups: np.ndarray, trainable: np.ndarray,
+                spec: TargetSpec, cfg: GBDTConfig, n_jobs: int) -> tuple[dict[str, Any], Any]:
+    """Optuna (TPE, seeded) over the engine's main hyper-parameters; objective = OOF primary metric."""
+    import optuna
+
+    engine = get_engine(cfg.engine)
+    base = engine_params(cfg)
+    fold = rows["fold"].to_numpy()
+    primary = "auc" if spec.score_column else "macro_auc"  # as runs.evaluate names it
+
+    def objective(trial: Any) -> float:
+        params = {**base, **engine.suggest(trial)}
+        make = functools.partial(engine, params, n_classes_of(spec), cfg.num_boost_round,
+                                 cfg.early_stopping_rounds, cfg.seed, n_jobs)
+        oof = np.zeros((len(rows), len(spec.pred_columns)))
+        for _, val, model in iter_fold_models(X, y, fold, groups, trainable, make, cfg.inner_valid_fraction, cfg.seed):
+            oof[val] = class_prob(model.predict_proba(X.iloc[np.flatnonzero(val)]), spec).reshape(val.sum(), -1)
+        return float(evaluate(predictions_frame(rows, oof, spec), spec)["overall"][primary])
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    study.optimize(objective, n_trials=cfg.tune)
+    return {**base, **study.best_params}, study
+
+
+# --------------------------------------------------------------------------- stage runner
+
+
+def run(cfg: GBDTConfig) -> dict:
+    """Train one model per fold on ``cfg.data_dir``'s cohort; write ``cfg.out_dir``; return its metrics."""
+    started = time.perf_counter()
+    engine = get_engine(cfg.engine)
+    n_jobs = resolve_n_jobs(cfg.n_jobs)
+    cohort = read_cohort(cfg.data_dir)
+    labelled = labelled_mask(cohort, cfg.target)
+    spec = resolve_target(cohort.loc[labelled, cfg.target], cfg.target, cfg.positive_class)
+    excluded = read_exclude(cfg.exclude, cohort)
+    extra = load_oof_features(cohort, labelled, cfg.with_oof) if cfg.with_oof else None
+    X_all = feature_table(cohort, cfg.features, extra, cfg.with_oof_context, cfg.target)
+    schema = feature_schema(X_all)
+    X_all = apply_schema(X_all, schema)  # the exact encoding predict() will apply to new rows
+
+    rows, test_rows = cohort.loc[labelled].reset_index(drop=True), cohort.loc[~labelled].reset_index(drop=True)
+    X, X_test = X_all.loc[labelled].reset_index(drop=True), X_all.loc[~labelled].reset_index(drop=True)
+    y = spec.encode(rows[cfg.target])
+    groups = rows["patient_id"].astype(str).to_numpy()
+    trainable = ~excluded[labelled]
+    folds = sorted(int(k) for k in rows["fold"].unique())
+    if len(folds) < 2:
+        raise ArtifactError(f"{cfg.data_dir}: the labelled rows of cohort.parquet span {len(folds)} fold(s); "
+                            f"re-run `melanet ingest` with --folds 5")
+
+    out = RunDir(cfg.out_dir, folds)
+    write_text(out.path / "config.yaml", config_to_yaml(cfg))
+    tracker = start_tracking(cfg.track, out.path, cfg.track_uri, params=cfg.model_dump(mode="json"))
+    try:
+        params = engine_params(cfg)
+        if cfg.tune:
+            params, study = tune_params(X, y, rows, groups, trainable, spec, cfg, n_jobs)
+            cfg = cfg.model_copy(update={cfg.engine: params})
+            write_json(out.path / "tune.json", {"engine": cfg.engine, "trials": cfg.tune,
+                                                "metric": "auc" if spec.score_column else "macro_auc",
+                                                "best_value": study.best_value, "best_params": study.best_params})
+            write_csv(out.path / "tune_trials.csv", study.trials_dataframe())
+            write_text(out.path / "config.yaml", config_to_yaml(cfg))
+        write_json(out.path / FEATURES_FILE, {**schema, "classes": spec.classes, "folds": folds,
+                                              "oof_columns": [] if extra is None else list(extra.columns)})
+        make = functools.partial(engine, params, n_classes_of(spec), cfg.num_boost_round,
+                                 cfg.early_stopping_rounds, cfg.seed, n_jobs)
+        gains: dict[int, pd.Series] = {}
+        fold_start = time.perf_counter()
+        for k, val, model in iter_fold_models(X, y, rows["fold"].to_numpy(), groups, trainable, make,
+                                              cfg.inner_valid_fraction, cfg.seed, folds):
+            idx = np.flatnonzero(val)
+            oof_k = predictions_frame(rows.iloc[idx], class_prob(model.predict_proba(X.iloc[idx]), spec), spec)
+            test_k = (predictions_frame(test_rows, class_prob(model.predict_proba(X_test), spec), spec)
+                      if len(test_rows) else oof_k.iloc[:0])
+            model.save(out.fold_dir(k) / engine.model_file)
+            write_csv(out.fold_dir(k) / "history.csv", history_table(model.history_))
+            out.write_fold_predictions(k, oof_k, test_k)
+            out.mark_done(k, {"engine": engine.name, "rounds": int(model.best_iteration_),
+                              "n_train": model.n_train_, "n_early_stopping": model.n_early_stopping_,
+                              "n_excluded": int((~val & ~trainable).sum()),
+                              "seconds": round(time.perf_counter() - fold_start, 3)})
+            fold_start = time.perf_counter()
+            gains[k] = model.feature_gain()
+        _, _, metrics = merge_folds(out, folds, spec)
+        for k, fold_metrics in metrics["per_fold"].items():
+            tracker.log_metrics({"fold": fold_metrics}, step=int(k))
+        importance = importance_table(gains)
+        write_csv(out.path / "feature_importance.csv", importance)
+        _importance_plot(importance, out.path / "feature_importance.png", engine.name)
+        tracker.log_metrics({"overall": metrics["overall"]})
+        for name in ("config.yaml", "metrics.json", "oof.parquet", "test.parquet", "feature_importance.csv",
+                     "feature_importance.png"):
+            tracker.log_artifact(out.path / name)
+    finally:
+        tracker.close()
+    print_summary(metrics, f"train-gbdt ({engine.name}, {len(X.columns)} features) "
+                           f"in {time.perf_counter() - started:.1f}s -> {out.path}")
+    if cfg.report:
+        _report(out.path)
+    return metrics
+
+
+def history_table(history: pd.DataFrame) -> pd.DataFrame:
+    """Early-stopping metric per boosting round, in the columns ``melanet report`` plots.
+
+    ``epoch`` is the boosting round (1-based); log losses become ``val_loss``,
+    AUC ``val_auc``, anything else ``val_<metric>``.
+    """
+    names = {"binary_logloss": "val_loss", "multi_logloss": "val_loss", "logloss": "val_loss",
+             "mlogloss": "val_loss", "auc": "val_auc"}
+    table = history.rename(columns=lambda c: names.get(c, f"val_{c}"))
+    table.insert(0, "epoch", np.arange(1, len(table) + 1))
+    return table
+
+
+def importance_table(gains: dict[int, pd.Series]) -> pd.DataFrame:
+    """``feature, gain, gain_std, gain_fold_<k>...``: total gain per fold and its mean, largest first."""
+    per_fold = pd.DataFrame({f"gain_fold_{k}": g for k, g in gains.items()}).fillna(0.0)
+    table = pd.DataFrame({"gain": per_fold.mean(axis=1), "gain_std": per_fold.std(axis=1, ddof=0)})
+    table = pd.concat([table, per_fold], axis=1).rename_axis("feature").reset_index()
+    return table.sort_values(["gain", "feature"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _importance_plot(importance: pd.DataFrame, path: Path, engine: str, top: int = 30) -> None:
+    from melanet.plots import barh_plot, save_png
+
+    head = importance.head(top)
+    save_png(barh_plot(dict(zip(head["feature"], head["gain"])), f"{engine} feature importance (top {len(head)})",
+                       "total gain, mean over folds"), path)
+
+
+def print_summary(metrics: dict, title: str) -> None:
+    """Rich table of per-fold and overall metrics."""
+    from rich.table import Table
+
+    names = [m for m in metrics["overall"] if not m.startswith("auc_") and m != "prevalence"]
+    table = Table(title=title, title_justify="left")
+    table.add_column("fold")
+    for name in names:
+        table.add_column(name, justify="right")
+
+    def cells(values: dict) -> list[str]:
+        return [str(values[n]) if n == "n" else f"{values.get(n, float('nan')):.4f}" for n in names]
+
+    for k, values in metrics["per_fold"].items():
+        table.add_row(k, *cells(values))
+    table.add_row("all", *cells(metrics["overall"]), style="bold")
+    console.print(table)
+
+
+def _report(run_dir: Path) -> None:
+    try:  # written concurrently by another stage; the run is complete without it
+        from melanet import report
+    except ImportError:
+        return
+    report.run(run_dir)
+
+
+def predict(run_dir: str | Path, cohort: pd.DataFrame, extra: pd.DataFrame | None = None) -> np.ndarray:
+    """Fold-averaged probabilities of a train-gbdt run for ``cohort``'s rows: (n,) binary, (n, n_classes) multiclass.
+
+    ``cohort`` has the cohort.parquet columns (labels not needed); include all
+    of a patient's images so the patient-context features match training. Runs
+    trained ``with_oof`` need ``extra``: row-aligned image-model scores in the
+    columns :func:`oof_feature_name` names. For the test rows of the training
+    cohort this reproduces ``test.parquet``.
+    """
+    run_dir = Path(run_dir)
+    cfg = config_from_run(GBDTConfig, run_dir)
+    info = read_json(run_dir / FEATURES_FILE)
+    columns = info["oof_columns"]
+    if columns:
+        missing = [c for c in columns if extra is None or c not in extra.columns]
+        if missing:
+            raise ArtifactError(f"{run_dir} was trained with image-model scores as features; pass them as "
+                                f"`extra` columns {columns} (missing: {missing})")
+        if len(extra) != len(cohort):
+            raise ArtifactError(f"`extra` has {len(extra)} rows, the cohort {len(cohort)}; align them row by row")
+        extra = extra[columns].set_axis(cohort.index)
+    X = apply_schema(feature_table(cohort, cfg.features, extra if columns else None, cfg.with_oof_context,
+                                   cfg.target), info)
+    spec = TargetSpec(column=cfg.target, classes=info["classes"], positive_class=cfg.positive_class)
+    engine, n_jobs = get_engine(cfg.engine), resolve_n_jobs(cfg.n_jobs)
+    probs = [class_prob(engine.load(run_dir / f"fold_{k}" / engine.model_file, n_classes_of(spec), n_jobs)
+                        .predict_proba(X), spec) for k in info["folds"]]
+    return np.mean(probs, axis=0)

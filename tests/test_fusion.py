@@ -1,0 +1,242 @@
+"""train-fusion end to end on a tiny synthetic cohort made here (no melanet synth/ingest needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from melanet.cohort import DICOM_COLUMNS
+from melanet.config import load_config
+from melanet.errors import ArtifactError, ConfigError, WeightsNotFoundError
+
+SIZE = 32
+
+
+def make_cohort(data_dir: Path, n_patients: int = 36, n_folds: int = 3, seed: int = 0,
+                test_patients: int = 4) -> pd.DataFrame:
+    """A cohort.parquet + 32 px .npy images: a bright disc whose radius grows with the target."""
+    rng = np.random.default_rng(seed)
+    (data_dir / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for p in range(n_patients):
+        sex = ["male", "female", None][p % 3]
+        age = float(rng.integers(20, 80)) if p % 7 else None
+        for j in range(int(rng.integers(1, 5))):
+            image_id = f"p{p:03d}_{j}"
+            age_j = None if age is None else age
+            logit = -0.5 + (0.04 * (age_j - 50) if age_j is not None else 0) + rng.normal(0, 1.0)
+            target = int(rng.random() < 1 / (1 + np.exp(-logit)))
+            radius = (9 if target else 5) + rng.normal(0, 1.2)
+            img = np.full((SIZE, SIZE, 3), 60, np.uint8)
+            disc = (yy - SIZE / 2 - rng.normal(0, 2)) ** 2 + (xx - SIZE / 2 - rng.normal(0, 2)) ** 2 < radius ** 2
+            img[disc] = (200, 150, 120)
+            img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+            np.save(data_dir / "images" / f"{image_id}.npy", img)
+            test = p >= n_patients - test_patients
+            rows.append({
+                "image_id": image_id, "sop_instance_uid": f"1.2.3.{p}.{j}", "patient_id": f"pat{p:03d}",
+                "sex": sex, "age": age_j, "site": ["torso", "lower extremity", None][j % 3],
+                "modality": "XC", "photometric": "RGB", "rows": SIZE, "cols": SIZE, "frames": 1,
+                "bits_stored": 8, "transfer_syntax": "1.2.840.10008.1.2.1", "sha256": f"{p}{j}",
+                "image_path": f"images/{image_id}.npy",
+                "target": np.nan if test else float(target),
+                "diagnosis": None if test else ("melanoma" if target else ["nevus", "keratosis"][j % 2]),
+                "fold": -1 if test else p % n_folds,
+            })
+    cohort = pd.DataFrame(rows)[DICOM_COLUMNS + ["target", "diagnosis", "fold"]]
+    cohort.to_parquet(data_dir / "cohort.parquet", index=False)
+    return cohort
+
+
+def tiny_config(data_dir: Path, out_dir: Path, overrides: list[str] | None = None):
+    from melanet.train.fusion import FusionConfig
+
+    base = ["image_size=32", "model.backbone=test_resnet", "model.pretrained=false", "model.meta_hidden=[16,8]",
+            "train.epochs=1", "train.batch_size=16", "train.lr=3e-3", "train.workers=0",
+            "train.warmup_epochs=0", "eval.tta=2", "engine.accelerator=cpu", "engine.devices=1"]
+    return load_config(FusionConfig, "fusion-cpu-small", base + (overrides or []),
+                       extra={"data_dir": str(data_dir), "out_dir": str(out_dir)})
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("data")
+    make_cohort(data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def trained_run(cohort_dir, tmp_path_factory) -> Path:
+    """All three folds of the tiny model, trained once for the tests below."""
+    from melanet.train import fusion
+
+    out = tmp_path_factory.mktemp("run")
+    fusion.run(tiny_config(cohort_dir, out, ["train.epochs=2"]))
+    return out
+
+
+def test_run_writes_every_artifact_and_oof_covers_each_labelled_row_once(trained_run, cohort_dir):
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+    labelled = cohort[cohort["target"].notna()]
+    for name in ("config.yaml", "oof.parquet", "test.parquet", "metrics.json", "training_curves.png"):
+        assert (trained_run / name).is_file(), name
+    for k in range(3):
+        for name in ("model.safetensors", "meta_encoder.json", "history.csv", "oof.parquet", "test.parquet", "DONE"):
+            assert (trained_run / f"fold_{k}" / name).is_file(), (k, name)
+        history = pd.read_csv(trained_run / f"fold_{k}" / "history.csv")
+        assert list(history.columns) == ["epoch", "lr", "train_loss", "val_loss", "val_auc", "seconds"]
+        assert len(history) == 2
+    oof = pd.read_parquet(trained_run / "oof.parquet")
+    assert sorted(oof["image_id"]) == sorted(labelled["image_id"])
+    # Each row predicted by the fold model that did not train on it: its own fold's OOF file.
+    for k in range(3):
+        fold_oof = pd.read_parquet(trained_run / f"fold_{k}" / "oof.parquet")
+        assert set(fold_oof["image_id"]) == set(labelled.loc[labelled["fold"] == k, "image_id"])
+    merged = oof.merge(labelled[["image_id", "fold"]], on="image_id", suffixes=("", "_cohort"))
+    assert (merged["fold"] == merged["fold_cohort"]).all()
+    assert oof["pred"].between(0, 1).all()
+    test = pd.read_parquet(trained_run / "test.parquet")
+    assert sorted(test["image_id"]) == sorted(cohort.loc[cohort["target"].isna(), "image_id"])
+
+
+def test_saved_fold_model_reloads_and_reproduces_predictions(trained_run, cohort_dir):
+    from melanet.train import fusion
+
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+    test_rows = cohort[cohort["target"].isna()].reset_index(drop=True)
+    # Predict on the whole cohort so patient-context features see the same rows as in training.
+    prob = fusion.predict(trained_run, cohort, cohort_dir)
+    expected = pd.read_parquet(trained_run / "test.parquet").set_index("image_id")["pred"]
+    got = pd.Series(prob, index=cohort["image_id"]).loc[test_rows["image_id"]]
+    np.testing.assert_allclose(got.to_numpy(), expected.loc[test_rows["image_id"]].to_numpy(), atol=1e-5)
+    # One fold's weights alone reproduce that fold's OOF predictions.
+    fold0 = pd.read_parquet(trained_run / "fold_0" / "oof.parquet").set_index("image_id")["pred"]
+    single = trained_run.parent / (trained_run.name + "_fold0")
+    shutil.copytree(trained_run, single)
+    for k in (1, 2):
+        shutil.rmtree(single / f"fold_{k}")
+    _rewrite_done_folds(single, [0])
+    rows = cohort[cohort["image_id"].isin(fold0.index)].reset_index(drop=True)
+    pred = fusion.predict(single, cohort, cohort_dir)
+    got0 = pd.Series(pred, index=cohort["image_id"]).loc[rows["image_id"]]
+    np.testing.assert_allclose(got0.to_numpy(), fold0.loc[rows["image_id"]].to_numpy(), atol=1e-5)
+
+
+def _rewrite_done_folds(run_dir: Path, folds: list[int]) -> None:
+    import json
+
+    for k in folds:
+        path = run_dir / f"fold_{k}" / "DONE"
+        info = json.loads(path.read_text())
+        info["folds"] = folds
+        path.write_text(json.dumps(info))
+
+
+def test_resume_skips_finished_folds_and_merge_refuses_missing(cohort_dir, tmp_path):
+    from melanet.train import fusion
+
+    out = tmp_path / "run"
+    cfg = tiny_config(cohort_dir, out)
+    fusion.run(cfg, folds=[0])
+    assert (out / "fold_0" / "DONE").is_file() and not (out / "oof.parquet").exists()
+    with pytest.raises(ArtifactError, match=r"fold\(s\) \[1, 2\] are not finished"):
+        fusion.merge(out)
+    stamp = (out / "fold_0" / "model.safetensors").stat().st_mtime_ns
+    fusion.run(cfg, resume=True)
+    assert (out / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp  # not retrained
+    assert all((out / f"fold_{k}" / "DONE").is_file() for k in range(3))
+    assert (out / "oof.parquet").is_file()
+    # A finished run refuses folds trained with a different recipe.
+    with pytest.raises(ConfigError, match="different config"):
+        fusion.run(tiny_config(cohort_dir, out, ["train.lr=0.1"]), resume=True)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.use_meta=false"],
+    ["target=diagnosis", "positive_class=melanoma", "train.imbalance=pos_weight", "augment.mixup_alpha=0.4",
+     "augment.cutmix_alpha=1.0", "augment.mix_p=1.0", "train.label_smoothing=0.1", "train.meta_drop_p=0.2"],
+    ["train.imbalance=focal", "train.scheduler=plateau", "train.accumulate=2", "eval.oof_epoch=best",
+     "train.workers=1", "train.epochs=2"],
+])
+def test_variants_run_one_fold(cohort_dir, tmp_path, overrides):
+    from melanet.train import fusion
+
+    out = tmp_path / "run"
+    fusion.run(tiny_config(cohort_dir, out, overrides), folds=[1])
+    oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
+    if "target=diagnosis" in overrides:
+        assert [c for c in oof.columns if c.startswith("pred_")] == ["pred_keratosis", "pred_melanoma", "pred_nevus"]
+        np.testing.assert_allclose(oof.filter(like="pred_").sum(axis=1), 1.0, rtol=1e-5)
+    else:
+        assert oof["pred"].notna().all()
+
+
+def test_config_errors_are_clear(cohort_dir, tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        tiny_config(cohort_dir, tmp_path, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="did you mean 'resnet18d'|did you mean 'resnet18'"):
+        tiny_config(cohort_dir, tmp_path, ["model.backbone=resnet18dd"])
+    with pytest.raises(ConfigError, match="scheduler"):
+        tiny_config(cohort_dir, tmp_path, ["train.scheduler=cosin"])
+
+
+def test_pretrained_without_local_weights_names_the_option(cohort_dir, tmp_path):
+    from melanet.train import fusion
+
+    cfg = tiny_config(cohort_dir, tmp_path / "run", ["model.pretrained=true",
+                                                      f"model.pretrained_path={tmp_path / 'missing.safetensors'}"])
+    with pytest.raises(WeightsNotFoundError, match="model.pretrained_path"):
+        fusion.run(cfg, folds=[0])
+
+
+# Installed into the torchrun workers through PYTHONPATH: records every file each rank creates or renames.
+_AUDIT = """
+import atexit, os, sys
+_root, _seen = os.environ["MELANET_AUDIT_ROOT"], []
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].startswith(_root):
+        flags = args[2] if isinstance(args[2], int) else 0
+        if (args[1] and set(args[1]) & set("wax+")) or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            _seen.append(args[0])
+    elif event == "os.rename" and str(args[1]).startswith(_root):
+        _seen.append(str(args[1]))
+sys.addaudithook(_hook)
+atexit.register(lambda: open(os.environ["MELANET_AUDIT_LOG"] + os.environ.get("RANK", "x"), "w").write("\\n".join(_seen)))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_gather_oof_and_only_rank0_writes(cohort_dir, tmp_path):
+    out = tmp_path / "run"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_AUDIT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
+           "MELANET_AUDIT_ROOT": str(out), "MELANET_AUDIT_LOG": str(tmp_path / "writes_rank")}
+    sets = ["image_size=32", "model.backbone=test_resnet", "model.pretrained=false", "model.meta_hidden=[16,8]",
+            "train.epochs=1", "train.batch_size=8", "train.workers=0", "eval.tta=2", "engine.accelerator=cpu",
+            "engine.threads=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "melanet", "train-fusion", "--data", str(cohort_dir), "--out", str(out),
+           "--config", "fusion-cpu-small", "--folds", "0", *[a for s in sets for a in ("--set", s)]]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+    fold_oof = pd.read_parquet(out / "fold_0" / "oof.parquet")
+    expected = cohort.loc[(cohort["fold"] == 0) & cohort["target"].notna(), "image_id"]
+    assert sorted(fold_oof["image_id"]) == sorted(expected)  # every row exactly once
+    assert len(pd.read_parquet(out / "fold_0" / "test.parquet")) == int(cohort["target"].isna().sum())
+    # Rank 0 wrote the artifacts; rank 1 created nothing under the run directory.
+    written = {r: (tmp_path / f"writes_rank{r}").read_text().split() for r in (0, 1)}
+    assert written[1] == []
+    assert {str(out / "fold_0" / "DONE"), str(out / "fold_0" / "model.safetensors")} <= set(written[0])
+    assert result.stderr.count("train-fusion finished") == 1
