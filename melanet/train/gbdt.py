@@ -788,14 +788,17 @@ def print_summary(metrics: dict, title: str) -> None:
     """Rich table of per-fold and overall metrics."""
     from rich.table import Table
 
-    names = [m for m in metrics["overall"] if not m.startswith("auc_") and m != "prevalence"]
+    names = (["n", "auc", "pauc80", "ap", "log_loss", "brier"] if metrics["task"] == "binary" else
+             ["n", "macro_auc", "balanced_accuracy", "macro_f1"] + (["auc", "pauc80", "ap"] if
+                                                                    metrics["positive_class"] else []))
     table = Table(title=title, title_justify="left")
     table.add_column("fold")
-    for name in names:
-        table.add_column(name, justify="right")
+    for name in names:  # short, spaced headers wrap, so a multiclass table fits 80 columns
+        header = {"balanced_accuracy": "bal acc"}.get(name, name.replace("_", " "))
+        table.add_column(header, justify="right")
 
     def cells(values: dict) -> list[str]:
-        return [str(values[n]) if n == "n" else f"{values.get(n, float('nan')):.4f}" for n in names]
+        return [str(values[n]) if n == "n" else f"{values.get(n, float('nan')):.3f}" for n in names]
 
     for k, values in metrics["per_fold"].items():
         table.add_row(k, *cells(values))
