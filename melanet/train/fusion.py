@@ -29,6 +29,11 @@ import os
 import time
 import warnings
 from contextlib import nullcontext
+
+# OpenMP threads that spin while waiting turn a shared or oversubscribed CPU
+# (loader workers, a second job) into a 5-40x slowdown; sleeping waiters cost
+# a few percent on an idle machine. Read once, when torch loads, so set it before.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -404,15 +409,20 @@ class FoldTrainer:
         self.schedule = LRSchedule(self.optimizer, t, self.steps_per_epoch)
         self.precision = resolve_precision(cfg.engine.precision, fabric.device.type)
 
-    def train_epoch(self, on_step=None) -> float:
-        """One pass over the training rows; returns the mean training loss."""
+    def train_epoch(self, on_step=None, batches=None) -> float:
+        """One pass over the training rows; returns the mean training loss.
+
+        ``batches`` replaces the loader with ready (images, meta, label, row)
+        batches on the device - scripts/bench_train.py times the step alone that way.
+        """
         t, aug, fabric = self.cfg.train, self.cfg.augment, self.fabric
         mixing = (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0) and aug.mix_p > 0
         self.model.train()
-        n_batches = len(self.train_loader)
+        batches = self.train_loader if batches is None else batches
+        n_batches = len(batches)
         total = torch.zeros((), device=fabric.device)
         seen = 0
-        for i, (images, meta, y, _) in enumerate(self.train_loader):
+        for i, (images, meta, y, _) in enumerate(batches):
             images = to_nchw(images, t.channels_last)
             target = soft_targets(y, self.data.n_outputs, t.label_smoothing)
             meta = drop_meta(meta, t.meta_drop_p)
@@ -442,17 +452,16 @@ class FoldTrainer:
         fabric = self.fabric
         world, rank = fabric.world_size, fabric.global_rank
         batch = self.cfg.eval.batch_size or 2 * self.cfg.train.batch_size
+        settings = dict(tta=tta, batch_size=batch, device=fabric.device, precision=self.precision,
+                        channels_last=self.cfg.train.channels_last, workers=self.workers)
         if world == 1:
-            return predict_rows(self.raw, self.data.store, rows, self.meta, tta=tta, batch_size=batch,
-                               device=fabric.device, precision=self.precision,
-                               channels_last=self.cfg.train.channels_last)
+            return predict_rows(self.raw, self.data.store, rows, self.meta, **settings)
         per_rank = math.ceil(len(rows) / world)
         shard = rows[rank::world]
-        # Equal shapes for all_gather: pad with the shard's first row, flagged by position -1.
+        # Equal shapes for all_gather: pad short shards with a repeated row, flagged by position -1.
         padded = np.concatenate([shard, np.repeat(rows[:1], per_rank - len(shard))]) if len(rows) else shard
         position = np.concatenate([np.arange(rank, len(rows), world), -np.ones(per_rank - len(shard), int)])
-        prob = predict_rows(self.raw, self.data.store, padded, self.meta, tta=tta, batch_size=batch,
-                            device=fabric.device, precision=self.precision, channels_last=self.cfg.train.channels_last)
+        prob = predict_rows(self.raw, self.data.store, padded, self.meta, **settings)
         with warnings.catch_warnings():  # Lightning's gather calls a torch function torch now deprecates
             warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
             gathered = fabric.all_gather({"prob": torch.as_tensor(prob, device=fabric.device),
@@ -468,18 +477,20 @@ class FoldTrainer:
 @torch.no_grad()
 def predict_rows(model: FusionNet, store: ImageStore, rows: np.ndarray, meta: np.ndarray, *, tta: int = 1,
                  batch_size: int = 64, device: torch.device | str = "cpu", precision: str = "32-true",
-                 channels_last: bool = True) -> np.ndarray:
+                 channels_last: bool = True, workers: int = 0) -> np.ndarray:
     """Probabilities of cohort rows ``rows``, averaged over the first ``tta`` dihedral flips.
 
     (n,) for a binary model, (n, n_classes) otherwise. A single process; the
-    model is put in eval mode.
+    model is put in eval mode. ``workers`` only matter when images are not held in RAM.
     """
     device = torch.device(device)
     model.eval()
     dataset = FusionDataset(store, rows, meta)
     out = []
+    loader = make_loader(dataset, batch_size, workers=0 if store.images is not None else workers,
+                         pin_memory=device.type == "cuda")
     with autocast(device, precision):
-        for images, m, _, _ in make_loader(dataset, batch_size):
+        for images, m, _, _ in loader:
             images = to_nchw(images, channels_last).to(device, non_blocking=True)
             m = m.to(device)
             prob = sum(probabilities(model(dihedral(images, k), m)) for k in range(tta)) / tta
@@ -548,9 +559,11 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
     if len(train_rows) < 2 or len(val_rows) == 0:
         raise InputDataError(f"fold {k}: {len(train_rows)} training and {len(val_rows)} validation rows; "
                              f"the cohort's folds are too small to train on")
+    rank0 = fabric.is_global_zero
+    if rank0:  # retraining a finished fold: it is unfinished until the new DONE
+        (run.fold_dir(k) / "DONE").unlink(missing_ok=True)
     fabric.seed_everything(cfg.seed + k, verbose=False)
     trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=cfg.seed + k)
-    rank0 = fabric.is_global_zero
     history: list[dict] = []
     best: tuple[float, int, dict] | None = None
     y_val = data.labels[val_rows]
