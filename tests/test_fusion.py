@@ -160,7 +160,7 @@ def test_resume_skips_finished_folds_and_merge_refuses_missing(cohort_dir, tmp_p
 
 
 @pytest.mark.parametrize("overrides", [
-    ["model.use_meta=false"],
+    ["model.use_meta=false", "track=tensorboard"],
     ["target=diagnosis", "positive_class=melanoma", "train.imbalance=pos_weight", "augment.mixup_alpha=0.4",
      "augment.cutmix_alpha=1.0", "augment.mix_p=1.0", "train.label_smoothing=0.1", "train.meta_drop_p=0.2"],
     ["train.imbalance=focal", "train.scheduler=plateau", "train.accumulate=2", "eval.oof_epoch=best",
@@ -177,6 +177,8 @@ def test_variants_run_one_fold(cohort_dir, tmp_path, overrides):
         np.testing.assert_allclose(oof.filter(like="pred_").sum(axis=1), 1.0, rtol=1e-5)
     else:
         assert oof["pred"].notna().all()
+    if "track=tensorboard" in overrides:  # per-epoch metrics were logged
+        assert any((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_config_errors_are_clear(cohort_dir, tmp_path):
