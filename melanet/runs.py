@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from melanet import metrics as M
-from melanet.errors import ArtifactError, ConfigError, did_you_mean
+from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean
 from melanet.io import read_json, read_table, write_json, write_parquet
 
 ID_COLUMNS = ["image_id", "patient_id", "fold", "target"]
@@ -211,3 +211,16 @@ def spec_from_metrics(metrics: dict) -> TargetSpec:
     """Rebuild the TargetSpec a run used from its ``metrics.json``."""
     return TargetSpec(column=metrics.get("target", "target"), classes=metrics.get("classes"),
                       positive_class=metrics.get("positive_class"))
+
+
+def read_exclude(path: str | Path | None, cohort: pd.DataFrame) -> np.ndarray:
+    """Rows of ``cohort`` listed (by ``image_id``) in the CSV at ``path``; all False without one."""
+    if path is None:
+        return np.zeros(len(cohort), bool)
+    listed = read_table(path, ["image_id"], "exclude list")["image_id"].astype(str)
+    ids = cohort["image_id"].astype(str)
+    unknown = sorted(set(listed) - set(ids))
+    if unknown:
+        raise InputDataError(f"exclude list {path}: {len(unknown)} image_id(s) are not in the cohort, e.g. "
+                             f"{unknown[0]!r}{did_you_mean(unknown[0], ids)}; fix or remove them")
+    return ids.isin(set(listed)).to_numpy()

@@ -76,7 +76,7 @@ def test_cli_lists_flipped_labels_first_with_thumbnails(binary_run, tmp_path):
     assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 5
     assert all(image_id in text for image_id in FLIPPED)
     # The CSV is an exclude list as the trainers read it.
-    from melanet.train.gbdt import read_exclude
+    from melanet.runs import read_exclude
 
     assert cohort.loc[read_exclude(out, cohort), "image_id"].tolist() == sorted(table["image_id"])
 

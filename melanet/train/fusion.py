@@ -49,8 +49,8 @@ from melanet.config import StageConfig, config_from_run, config_to_yaml
 from melanet.console import console, progress
 from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean, unknown_choice
 from melanet.features import MetaEncoder, build_features
-from melanet.io import read_json, read_table, write_csv, write_json, write_text
-from melanet.runs import RunDir, TargetSpec, merge_folds, predictions_frame, resolve_target
+from melanet.io import read_json, write_csv, write_json, write_text
+from melanet.runs import RunDir, TargetSpec, merge_folds, predictions_frame, read_exclude, resolve_target
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
                                 drop_meta, make_loader, mix_batch, to_nchw)
 from melanet.train.model import (FusionNet, check_backbone, fusion_loss, load_weights, probabilities,
@@ -276,17 +276,6 @@ def meta_features(cohort: pd.DataFrame, features: FeaturesConfig) -> pd.DataFram
     return feats.drop(columns=list(features.drop))
 
 
-def _excluded_ids(path: Path | None, cohort: pd.DataFrame) -> set[str]:
-    if path is None:
-        return set()
-    ids = set(read_table(path, ["image_id"], "exclude list")["image_id"].astype(str))
-    unknown = ids - set(cohort["image_id"].astype(str))
-    if unknown:
-        raise InputDataError(f"exclude list {path}: {len(unknown)} image_id(s) are not in the cohort "
-                             f"(e.g. {sorted(unknown)[0]!r}); fix the list or the --data folder")
-    return ids
-
-
 def load_cohort_data(cfg: FusionConfig, progress_bar=None) -> CohortData:
     """Read the cohort, resolve the target, build the feature table and hold the images."""
     cohort = read_cohort(cfg.data_dir)
@@ -294,7 +283,7 @@ def load_cohort_data(cfg: FusionConfig, progress_bar=None) -> CohortData:
     spec = resolve_target(cohort.loc[labelled, cfg.target], cfg.target, cfg.positive_class)
     labels = np.zeros(len(cohort), dtype=np.int64)
     labels[labelled] = spec.encode(cohort.loc[labelled, cfg.target])
-    excluded = cohort["image_id"].astype(str).isin(_excluded_ids(cfg.exclude, cohort)).to_numpy()
+    excluded = read_exclude(cfg.exclude, cohort)
     store = ImageStore(cfg.data_dir, cohort["image_path"].tolist(), cfg.image_size, cfg.train.preload_max_mb,
                        progress_bar)
     return CohortData(cohort, spec, labels, labelled, labelled & ~excluded, meta_features(cohort, cfg.features),

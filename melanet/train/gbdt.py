@@ -55,9 +55,9 @@ from melanet import features as F
 from melanet.cohort import DICOM_COLUMNS, labelled_mask, read_cohort
 from melanet.config import StageConfig, config_from_run, config_to_yaml
 from melanet.console import console
-from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean, unknown_choice
-from melanet.io import read_json, read_table, write_csv, write_json, write_text
-from melanet.runs import (RunDir, TargetSpec, evaluate, merge_folds, predictions_frame, read_run,
+from melanet.errors import ArtifactError, ConfigError, did_you_mean, unknown_choice
+from melanet.io import read_json, write_csv, write_json, write_text
+from melanet.runs import (RunDir, read_exclude, TargetSpec, evaluate, merge_folds, predictions_frame, read_run,
                           resolve_target, spec_from_metrics)
 from melanet.tracking import BACKENDS, start_tracking
 
@@ -574,19 +574,6 @@ def _check_ids(run: str | Path, name: str, found: pd.Series, expected: pd.Series
                   f"lacks image_id {missing[0]!r}" if missing else f"repeats image_id {found[found.duplicated()].iloc[0]!r}")
         raise ArtifactError(f"--with-oof {run}: {name} {detail}; the run was trained on another cohort or "
                             f"target - re-train it on this data")
-
-
-def read_exclude(path: str | Path | None, cohort: pd.DataFrame) -> np.ndarray:
-    """Rows of ``cohort`` listed (by ``image_id``) in the CSV at ``path``; all False without one."""
-    if path is None:
-        return np.zeros(len(cohort), bool)
-    listed = read_table(path, ["image_id"], "exclude list")["image_id"].astype(str)
-    ids = cohort["image_id"].astype(str)
-    unknown = sorted(set(listed) - set(ids))
-    if unknown:
-        raise InputDataError(f"exclude list {path}: {len(unknown)} image_id(s) are not in the cohort, e.g. "
-                             f"{unknown[0]!r}{did_you_mean(unknown[0], ids)}; fix or remove them")
-    return ids.isin(set(listed)).to_numpy()
 
 
 # --------------------------------------------------------------------------- training core (pure)
