@@ -687,34 +687,23 @@ def _spec(info: dict) -> TargetSpec:
 
 
 def plot_training_curves(run: RunDir, folds: list[int]) -> Path:
-    """``training_curves.png``: train/val loss and the validation metric per epoch, one line per fold."""
-    import matplotlib
+    """``training_curves.png``: train/val loss, validation metric and learning rate per epoch, per fold."""
+    from melanet import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    panels: dict[str, dict] = {"loss": {}, "validation metric": {}, "learning rate": {}}
     for k in folds:
         path = run.fold_dir(k) / "history.csv"
         if not path.is_file():
             continue
         h = pd.read_csv(path)
+        x = h["epoch"].to_numpy()
         metric = next(c for c in h.columns if c.startswith("val_") and c != "val_loss")
-        line, = ax_loss.plot(h["epoch"], h["train_loss"], label=f"fold {k} train")
-        ax_loss.plot(h["epoch"], h["val_loss"], "--", color=line.get_color(), label=f"fold {k} val")
-        ax_metric.plot(h["epoch"], h[metric], color=line.get_color(), label=f"fold {k}")
-        ax_metric.set_ylabel(metric)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (dashed: validation)")
-    ax_metric.set(xlabel="epoch", title="validation metric")
-    ax_loss.legend(fontsize=7, ncol=2)
-    ax_metric.legend(fontsize=7)
-    fig.tight_layout()
+        panels["loss"][f"fold {k} train"] = (x, h["train_loss"].to_numpy(float))
+        panels["loss"][f"fold {k} val"] = (x, h["val_loss"].to_numpy(float))
+        panels["validation metric"][f"fold {k} {metric.removeprefix('val_')}"] = (x, h[metric].to_numpy(float))
+        panels["learning rate"][f"fold {k}"] = (x, h["lr"].to_numpy(float))
     out = run.path / "training_curves.png"
-    from melanet.io import atomic_path
-
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    plots.save_png(plots.curves_plot({k: v for k, v in panels.items() if v}, "epoch"), out)
     return out
 
 
