@@ -204,14 +204,15 @@ _AUDIT = """
 import atexit, os, sys
 _root, _seen = os.environ["MELANET_AUDIT_ROOT"], []
 def _hook(event, args):
-    if event == "open" and isinstance(args[0], str) and args[0].startswith(_root):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)) and os.fspath(args[0]).startswith(_root):
         flags = args[2] if isinstance(args[2], int) else 0
         if (args[1] and set(args[1]) & set("wax+")) or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            _seen.append(args[0])
+            _seen.append(os.fspath(args[0]))
     elif event == "os.rename" and str(args[1]).startswith(_root):
         _seen.append(str(args[1]))
 sys.addaudithook(_hook)
-atexit.register(lambda: open(os.environ["MELANET_AUDIT_LOG"] + os.environ.get("RANK", "x"), "w").write("\\n".join(_seen)))
+_log = os.environ["MELANET_AUDIT_LOG"] + os.environ.get("RANK", "x")
+atexit.register(lambda: open(_log, "w").write("\\n".join(_seen)))
 """
 
 

@@ -53,8 +53,8 @@ from melanet.io import read_json, write_csv, write_json, write_text
 from melanet.runs import RunDir, TargetSpec, merge_folds, predictions_frame, read_exclude, resolve_target
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
                                 drop_meta, make_loader, mix_batch, to_nchw)
-from melanet.train.model import (FusionNet, check_backbone, fusion_loss, load_weights, probabilities,
-                                 save_weights, soft_targets)
+from melanet.train.model import (FusionNet, check_backbone, fusion_loss, load_weights, pretrained_source,
+                                 probabilities, save_weights, soft_targets)
 
 # --------------------------------------------------------------------------- configuration
 
@@ -102,7 +102,8 @@ class TrainConfig(StageConfig):
     min_lr: float = Field(1e-6, ge=0, description="Floor of the cosine / plateau schedule.")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs (fractions allowed).")
-    scheduler: Literal["cosine", "plateau"] = Field("cosine", description="Cosine decay per step, or ReduceLROnPlateau on val_loss.")
+    scheduler: Literal["cosine", "plateau"] = Field(
+        "cosine", description="Cosine decay per step, or ReduceLROnPlateau on val_loss.")
     plateau_patience: int = Field(1, ge=0, description="Epochs without val_loss improvement before the LR drops.")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     accumulate: int = Field(1, ge=1, description="Batches per optimiser step (gradient accumulation).")
@@ -113,7 +114,8 @@ class TrainConfig(StageConfig):
     focal_gamma: float = Field(2.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     meta_drop_p: float = Field(0.0, ge=0, le=1, description="Per-sample probability of blanking all metadata.")
-    workers: int | Literal["auto"] = Field("auto", description="DataLoader workers per process; auto = 1 per spare core, at most 4.")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader workers per process; auto = 1 per spare core, at most 4.")
     preload_max_mb: float = Field(2048, ge=0, description="Hold resized images in RAM when they fit in this many MB.")
     channels_last: bool = Field(True, description="NHWC memory layout (faster convolutions on CPU and tensor cores).")
 
@@ -621,6 +623,8 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
 
     from melanet.tracking import NullTracker, start_tracking
 
+    if cfg.model.pretrained:  # fail before loading data and starting processes
+        pretrained_source(cfg.model.backbone, cfg.model.pretrained_path)
     fabric = make_fabric(cfg.engine)
     rank0 = fabric.is_global_zero
     run_dir = RunDir(cfg.out_dir)

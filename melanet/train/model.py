@@ -54,6 +54,24 @@ def _cached_weights(name: str) -> Path | None:
     return None
 
 
+def pretrained_source(name: str, pretrained_path: str | Path | None = None) -> Path:
+    """The local file pretrained weights for backbone ``name`` come from; never downloads.
+
+    ``pretrained_path`` if given, else the file in the local Hugging Face cache;
+    WeightsNotFoundError naming the options to change when there is none.
+    """
+    source = Path(pretrained_path) if pretrained_path else _cached_weights(name)
+    if source is None or not source.is_file():
+        where = f"model.pretrained_path={pretrained_path!s} does not exist" if pretrained_path else (
+            f"no weights for {name!r} in the local Hugging Face cache and no model.pretrained_path")
+        raise WeightsNotFoundError(
+            f"{where}; melanet never downloads at run time. Give a local .safetensors/.pth file with "
+            f"--set model.pretrained_path=FILE, fill the cache beforehand (e.g. `HF_HUB_OFFLINE=0 python -c "
+            f"\"import timm; timm.create_model('{name}', pretrained=True)\"`), or train from scratch with "
+            f"--set model.pretrained=false")
+    return source
+
+
 def create_backbone(name: str, pretrained: bool = False, pretrained_path: str | Path | None = None,
                     drop_path_rate: float = 0.0) -> nn.Module:
     """A timm backbone returning pooled features (``num_classes=0``).
@@ -71,15 +89,7 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path: str | 
         kwargs["drop_path_rate"] = drop_path_rate
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
-    source = Path(pretrained_path) if pretrained_path else _cached_weights(name)
-    if source is None or not source.is_file():
-        where = f"model.pretrained_path={pretrained_path!s} does not exist" if pretrained_path else (
-            f"no weights for {name!r} in the local Hugging Face cache and no model.pretrained_path")
-        raise WeightsNotFoundError(
-            f"{where}; melanet never downloads at run time. Give a local .safetensors/.pth file with "
-            f"--set model.pretrained_path=FILE, fill the cache beforehand (e.g. `HF_HUB_OFFLINE=0 python -c "
-            f"\"import timm; timm.create_model('{name}', pretrained=True)\"`), or train from scratch with "
-            f"--set model.pretrained=false")
+    source = pretrained_source(name, pretrained_path)
     try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(source)}, **kwargs)
         file_keys = set(timm.models.load_state_dict(str(source)))
