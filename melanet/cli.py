@@ -28,6 +28,11 @@ _state = {"verbose": False}
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML config file or packaged config name.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: --set train.epochs=3 (repeatable).")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Data folder written by `melanet ingest`.")]
+RunOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")]
+ExcludeOpt = Annotated[Optional[Path], typer.Option(help="CSV with image_id of rows to leave out of training (still predicted out of fold).")]
+TrackOpt = Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")]
+TrackUriOpt = Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: a local file store in the run).")]
 
 
 def _folds_arg(folds: str | None) -> list[int] | None:
@@ -96,15 +101,15 @@ def ingest(
 
 @app.command("train-fusion")
 def train_fusion(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Data folder written by `melanet ingest`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
+    data: DataOpt,
+    out: RunOutOpt,
     config: ConfigOpt = "fusion",
     set_: SetOpt = None,
     folds: Annotated[Optional[str], typer.Option(help="Run only these folds, e.g. 0,1 (merge later with `melanet merge`).")] = None,
     resume: Annotated[bool, typer.Option(help="Skip folds that already finished.")] = False,
-    exclude: Annotated[Optional[Path], typer.Option(help="CSV with image_id of rows to leave out of training (still predicted out of fold).")] = None,
-    track: Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")] = None,
-    track_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: a local file store in the run).")] = None,
+    exclude: ExcludeOpt = None,
+    track: TrackOpt = None,
+    track_uri: TrackUriOpt = None,
 ) -> None:
     """Train a timm CNN fused with a metadata MLP, k-fold, writing OOF and test predictions."""
     from melanet.config import load_config
@@ -118,16 +123,16 @@ def train_fusion(
 
 @app.command("train-gbdt")
 def train_gbdt(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Data folder written by `melanet ingest`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
+    data: DataOpt,
+    out: RunOutOpt,
     config: ConfigOpt = "gbdt",
     set_: SetOpt = None,
     engine: Annotated[Optional[str], typer.Option(help="lightgbm (default) or xgboost.")] = None,
     with_oof: Annotated[Optional[list[Path]], typer.Option("--with-oof", help="Image-model run whose OOF/test scores become features (repeatable).")] = None,
     tune: Annotated[Optional[int], typer.Option(help="Optuna trials to tune hyper-parameters on the fold CV (0 = off).")] = None,
-    exclude: Annotated[Optional[Path], typer.Option(help="CSV with image_id of rows to leave out of training (still predicted out of fold).")] = None,
-    track: Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")] = None,
-    track_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: a local file store in the run).")] = None,
+    exclude: ExcludeOpt = None,
+    track: TrackOpt = None,
+    track_uri: TrackUriOpt = None,
 ) -> None:
     """Train LightGBM/XGBoost on metadata (+ patient context) on the same folds."""
     from melanet.config import load_config
@@ -155,8 +160,8 @@ def blend(
     method: Annotated[Optional[str], typer.Option(help="rank, weights or stack.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    track: Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")] = None,
-    track_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI.")] = None,
+    track: TrackOpt = None,
+    track_uri: TrackUriOpt = None,
 ) -> None:
     """Blend runs' OOF and test predictions; report whether the blend beats each part."""
     from melanet import blend as stage
