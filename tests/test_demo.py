@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -37,9 +35,7 @@ def test_demo_table_has_every_model_and_the_ceiling(demo_dir):
 def test_demo_rerun_reuses_finished_stages(demo_dir):
     out, cfg, table = demo_dir
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/oof.parquet")}
-    t0 = time.perf_counter()
     again = demo.run(cfg)
-    assert time.perf_counter() - t0 < 60
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/oof.parquet")} == before
     pd.testing.assert_frame_equal(table, again)
 
