@@ -354,9 +354,12 @@ def assign_folds(cohort: pd.DataFrame, target: str, n_folds: int, seed: int) -> 
         raise InputDataError(f"only {n_patients} labelled patients for {n_folds} patient-grouped folds; "
                              f"use --folds {max(2, n_patients)} or add data")
     y = sub[target].astype(str).to_numpy()
+    # Name each patient by its first image_id, not by the keyed pseudonym: the splitter orders
+    # groups by label, so folds then depend on the files alone, not on the pseudonymisation key.
+    groups = sub.groupby("patient_id")["image_id"].transform("min").to_numpy()
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     positions = np.flatnonzero(labelled)
-    for k, (_, val) in enumerate(splitter.split(np.zeros(len(sub)), y, groups=sub["patient_id"].to_numpy())):
+    for k, (_, val) in enumerate(splitter.split(np.zeros(len(sub)), y, groups=groups)):
         fold[positions[val]] = k
     return fold
 

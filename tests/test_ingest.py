@@ -87,6 +87,15 @@ def test_folds_are_patient_grouped_and_stratified(ingested):
     assert lab.groupby("fold")["target"].sum().min() > 0
 
 
+def test_folds_do_not_depend_on_the_pseudonym_key(cohort_dir, ingested, tmp_path, monkeypatch):
+    out, _ = ingested
+    monkeypatch.setenv("MELANET_PSEUDONYM_KEY", "another-site-key")
+    _ingest(cohort_dir, tmp_path / "other_key", workers=1)
+    first, second = read_cohort(out), read_cohort(tmp_path / "other_key")
+    assert not set(first["patient_id"]) & set(second["patient_id"])  # the key did change the pseudonyms
+    pd.testing.assert_series_equal(first["fold"], second["fold"])
+
+
 def test_no_direct_identifiers_in_outputs(cohort_dir, ingested):
     out, _ = ingested
     names, ids = set(), set()
