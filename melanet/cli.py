@@ -128,6 +128,8 @@ def train_gbdt(
     config: ConfigOpt = "gbdt",
     set_: SetOpt = None,
     engine: Annotated[Optional[str], typer.Option(help="lightgbm (default) or xgboost.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Where boosting runs: local (default) or dask.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (with --backend dask; default: a local cluster).")] = None,
     with_oof: Annotated[Optional[list[Path]], typer.Option("--with-oof", help="Image-model run whose OOF/test scores become features (repeatable).")] = None,
     tune: Annotated[Optional[int], typer.Option(help="Optuna trials to tune hyper-parameters on the fold CV (0 = off).")] = None,
     exclude: ExcludeOpt = None,
@@ -139,7 +141,7 @@ def train_gbdt(
     from melanet.train import gbdt as stage
 
     cfg = load_config(stage.GBDTConfig, config, set_, extra={
-        "data_dir": str(data), "out_dir": str(out), "engine": engine,
+        "data_dir": str(data), "out_dir": str(out), "engine": engine, "backend": backend, "scheduler": scheduler,
         "with_oof": [str(p) for p in with_oof] if with_oof else None, "tune": tune,
         "exclude": str(exclude) if exclude else None, "track": track, "track_uri": track_uri})
     stage.run(cfg)

@@ -7,7 +7,11 @@ Outputs in DATA_DIR (DESIGN.md "Ingest"):
 - ``images/<settings>/<sha256[:2]>/<sha256>.npy``: uint8 RGB cache, side ``image_size``;
 - ``ingest_errors.csv``: ``path, stage, error`` for every file that did not become a row;
 - ``labels_report.csv``: labels that matched no image, or matched a file that failed;
-- ``ingest_summary.json``: counts and timings.
+- ``ingest_summary.json``: counts and timings;
+- ``cohort_parts/part-<i>.parquet`` (``--engine dask`` only): the decoded header rows, written
+  every ``part_rows`` rows as they arrive, before de-duplication, labels and folds. A run that
+  dies midway leaves its finished parts, and the parts are a dataset a Dask job can read;
+  ``cohort.parquet`` remains the table every stage reads.
 
 Every regular file under DICOM_DIR is seen: files seen = rows + error rows.
 
@@ -42,7 +46,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from melanet.cohort import COHORT_FILE, DICOM_COLUMNS, ERRORS_FILE
 from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console, progress
-from melanet.errors import ConfigError, DicomError, InputDataError, did_you_mean, unknown_choice
+from melanet.errors import DicomError, InputDataError, did_you_mean, unknown_choice
 from melanet.io import atomic_path, write_csv, write_json, write_parquet, write_text
 
 # Only these suffixes are stripped from file names to make image_id: DICOM file
@@ -50,6 +54,10 @@ from melanet.io import atomic_path, write_csv, write_json, write_parquet, write_
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
 ENGINES = ("local", "dask")
 KEY_FILE = ".pseudonym_key"
+PARTS_DIR = "cohort_parts"
+# Column types of the decoded rows; the other DICOM columns are text.
+INT_COLUMNS = ("rows", "cols", "frames", "bits_stored")
+FLOAT_COLUMNS = ("age",)
 
 
 class IngestConfig(StageConfig):
@@ -71,6 +79,8 @@ class IngestConfig(StageConfig):
     reader: str = Field("pydicom", description="DICOM reader: pydicom or sitk.")
     workers: int = Field(0, ge=0, description="Worker processes; 0 = all cores.")
     chunk_size: int = Field(16, ge=1, description="Files per task sent to a worker.")
+    part_rows: int = Field(50_000, ge=1, description="Decoded rows packed into one table (with engine dask, one "
+                                                     "cohort_parts/ file) as they arrive.")
     engine: str = Field("local", description="local (processes) or dask.")
     scheduler: str | None = Field(None, description="Dask scheduler address; none = a local cluster.")
     eda: bool = Field(True, description="Write DATA_DIR/eda.html after ingest.")
@@ -243,26 +253,15 @@ def _run_local(chunks: list[list], workers: int, args: tuple) -> Iterator[list[d
 
 def _run_dask(chunks: list[list], scheduler: str | None, workers: int, args: tuple) -> Iterator[list[dict]]:
     """The same per-chunk function on a Dask cluster (``scheduler`` address, or a local cluster)."""
-    try:
-        from dask.distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise ConfigError("--engine dask needs dask.distributed; pip install 'melanet[scale]'") from None
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    try:
+    from melanet.cluster import dask_client
+
+    with dask_client(scheduler, workers, needed_by="--engine dask") as client:
+        from dask.distributed import as_completed
+
         futures = [client.submit(_process_chunk, chunk, *args, pure=False) for chunk in chunks]
         for fut in as_completed(futures):
             yield fut.result()
             fut.release()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 # --------------------------------------------------------------------------- labels and folds
@@ -407,7 +406,22 @@ def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "in
     settings = cfg.pixel_settings()
     args = (str(out_dir), settings, key)
     chunks = list(_chunks(items, cfg.chunk_size if workers > 1 or cfg.engine == "dask" else len(items) or 1))
+    parts_dir = out_dir / PARTS_DIR if cfg.engine == "dask" else None
+    if parts_dir is not None:  # parts of an earlier run would mix with this one's
+        for stale in parts_dir.glob("part-*.parquet"):
+            stale.unlink()
+    # Rows arrive as dicts (~1 KB each); every part_rows of them are packed into a typed table (~0.4 KB a row),
+    # so the driver's memory stays near the size of the final cohort however many files there are.
+    packed: list[pd.DataFrame] = []
     rows, errors, skipped = [], [], 0
+
+    def pack() -> None:
+        part = _typed(pd.DataFrame(rows, columns=DICOM_COLUMNS))
+        if parts_dir is not None and len(part):
+            write_part(parts_dir / f"part-{len(packed):05d}.parquet", part)
+        packed.append(part)
+        rows.clear()
+
     results = (_run_dask(chunks, cfg.scheduler, workers, args) if cfg.engine == "dask"
                else _run_local(chunks, min(workers, len(chunks)) if chunks else 1, args))
     with progress() as bar:
@@ -419,8 +433,12 @@ def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "in
                     skipped += res.get("skipped", False)
                 else:
                     errors.append(res["error"])
+            if len(rows) >= cfg.part_rows:
+                pack()
             bar.update(task, advance=len(chunk_result), status=f"{len(errors)} errors")
-    table = pd.DataFrame(rows, columns=DICOM_COLUMNS)
+    if rows or not packed:
+        pack()
+    table = pd.concat(packed, ignore_index=True) if len(packed) > 1 else packed[0]
     errs = pd.DataFrame(errors, columns=["path", "stage", "error"])
     dup = table["image_id"].duplicated(keep="first")
     if dup.any():  # "a.dcm" and "a" in one folder: keep the first, account for the second
@@ -429,18 +447,33 @@ def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "in
                                                   f"and without a DICOM suffix); rename one"]
         table = table.loc[~dup]
     table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
-    table = _typed(table)
     return table, errs.sort_values("path", kind="stable").reset_index(drop=True), len(items), skipped
 
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
-    for col in ("rows", "cols", "frames", "bits_stored"):
+    for col in INT_COLUMNS:
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("Int64")
-    table["age"] = pd.to_numeric(table["age"], errors="coerce").astype(float)
-    for col in ("image_id", "sop_instance_uid", "patient_id", "sex", "site", "modality", "photometric",
-                "transfer_syntax", "sha256", "image_path"):
-        table[col] = table[col].astype(object).where(table[col].notna(), None)
+    for col in FLOAT_COLUMNS:
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
+    for col in DICOM_COLUMNS:
+        if col not in INT_COLUMNS and col not in FLOAT_COLUMNS:
+            table[col] = table[col].astype(object).where(table[col].notna(), None)
     return table
+
+
+def write_part(path: Path, part: pd.DataFrame) -> None:
+    """Write decoded rows (typed by :func:`_typed`) as one file of ``cohort_parts/``, atomically.
+
+    Every part gets the same Arrow schema, so a part in which some column is
+    all missing (no ``site`` in any of its files) still reads as text beside the others.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, pa.int64() if c in INT_COLUMNS else pa.float64() if c in FLOAT_COLUMNS else pa.string())
+                        for c in DICOM_COLUMNS])
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pandas(part[DICOM_COLUMNS], schema=schema, preserve_index=False), tmp)
 
 
 def run(cfg: IngestConfig) -> IngestResult:

@@ -2,11 +2,14 @@
 
     python scripts/bench_scale.py ingest --files 1000 10000
     python scripts/bench_scale.py gbdt --rows 10000 100000 1000000
+    python scripts/bench_scale.py gbdt --rows 1000000 --set backend=dask --set engine=xgboost
 
 ingest: writes a synthetic cohort of ~N files (64 px) and runs `melanet ingest`
 (2 workers) in a fresh process, printing its peak RSS (parent and largest worker)
 -- it should stay flat as N grows, since pixels never accumulate.
-gbdt: times train-gbdt (5 folds, LightGBM) on synthetic metadata tables of each size.
+gbdt: times train-gbdt (5 folds, LightGBM unless --set engine=...) on synthetic metadata tables of
+each size; --set passes config overrides, e.g. backend=dask (a local Dask cluster; add
+--set scheduler=ADDR for a running one).
 """
 
 from __future__ import annotations
@@ -45,17 +48,19 @@ def bench_ingest(sizes: list[int], work: Path) -> None:
               f"{r['rss_parent_mb']:>20.0f}{r['rss_worker_mb']:>20.0f}")
 
 
-def bench_gbdt(sizes: list[int], work: Path) -> None:
+def bench_gbdt(sizes: list[int], work: Path, overrides: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_gbdt import synthetic_data_dir  # the 100k-row benchmark's table maker
+    from bench_gbdt import synthetic_cohort  # the 100k-row benchmark's table maker
 
     from melanet.config import load_config
     from melanet.train import gbdt
 
     print(f"{'rows':>10}{'seconds':>10}{'us/row':>8}")
     for n in sizes:
-        data = synthetic_data_dir(work / f"gbdt_{n}", n)
-        cfg = load_config(gbdt.GBDTConfig, "gbdt", ["report=false"] if "report" in gbdt.GBDTConfig.model_fields else [],
+        data = work / f"gbdt_{n}"
+        data.mkdir(parents=True, exist_ok=True)
+        synthetic_cohort(n).to_parquet(data / "cohort.parquet", index=False)
+        cfg = load_config(gbdt.GBDTConfig, "gbdt", ["report=false", *overrides],
                           extra={"data_dir": str(data), "out_dir": str(work / f"run_{n}")})
         t = time.perf_counter()
         gbdt.run(cfg)
@@ -69,10 +74,12 @@ def main() -> None:
     ap.add_argument("--files", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--rows", type=int, nargs="+", default=[10000, 100000, 1000000])
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="gbdt: config override (repeatable), e.g. backend=dask")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="melanet-bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    bench_ingest(args.files, work) if args.what == "ingest" else bench_gbdt(args.rows, work)
+    bench_ingest(args.files, work) if args.what == "ingest" else bench_gbdt(args.rows, work, args.overrides)
 
 
 if __name__ == "__main__":

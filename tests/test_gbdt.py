@@ -1,4 +1,5 @@
-"""``melanet train-gbdt``: OOF coverage, determinism, engines, targets, OOF stacking, exclude, tuning, config errors."""
+"""``melanet train-gbdt``: OOF coverage, determinism, engines, Dask backend, targets, OOF stacking, exclude, tuning,
+config errors."""
 
 from __future__ import annotations
 
@@ -148,6 +149,47 @@ def test_xgboost_engine_writes_json_models_and_predicts_like_test_parquet(data, 
     np.testing.assert_allclose(gbdt.predict(tmp_path / "xgb", new), expected.to_numpy(), rtol=0, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def dask_scheduler():
+    """Address of a 2-worker Dask cluster in this process (threads: no worker start-up cost)."""
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+# LightGBM's Dask interface cannot stop early; XGBoost's stops early on the inner split as locally.
+DASK_CASES = {"lightgbm": ["early_stopping_rounds=null", "num_boost_round=60"], "xgboost": []}
+
+
+@pytest.mark.parametrize("engine", DASK_CASES)
+def test_dask_backend_trains_the_same_folds_into_ordinary_model_files(data, tmp_path, dask_scheduler, engine):
+    data_dir, cohort, _ = data
+    sets = [*FAST, f"engine={engine}", *DASK_CASES[engine]]
+    local = gbdt.run(config(data_dir, tmp_path / "local", *sets))
+    out = tmp_path / "dask"
+    result = CliRunner().invoke(app, ["train-gbdt", "--data", str(data_dir), "--out", str(out), "--backend", "dask",
+                                      "--scheduler", dask_scheduler, *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    metrics = read_json(out / "metrics.json")
+    oof, test = pd.read_parquet(out / "oof.parquet"), pd.read_parquet(out / "test.parquet")
+    lab = labelled(cohort)
+    assert sorted(oof["image_id"]) == sorted(lab["image_id"]) and not oof["image_id"].duplicated().any()
+    assert (oof.set_index("image_id").loc[lab["image_id"], "fold"].to_numpy() == lab["fold"].to_numpy()).all()
+    assert sorted(test["image_id"]) == sorted(cohort.loc[cohort["target"].isna(), "image_id"])
+    # Distributed histograms and bin boundaries differ from one process's, so the trees differ a little.
+    assert metrics["overall"]["auc"] > 0.6 and abs(metrics["overall"]["auc"] - local["overall"]["auc"]) < 0.1
+    for k in range(5):
+        done = read_json(out / f"fold_{k}" / "DONE")
+        assert done["backend"] == "dask" and done["rounds"] >= 1
+        if engine == "xgboost":  # early-stopped on the inner split, and the curve kept
+            assert done["n_early_stopping"] > 0 and len(pd.read_csv(out / f"fold_{k}" / "history.csv")) > 0
+    # The saved files are ordinary boosters: predict() (no Dask involved) reproduces test.parquet.
+    new = cohort[cohort["target"].isna()]
+    expected = test.set_index("image_id").loc[new["image_id"], "pred"]
+    np.testing.assert_allclose(gbdt.predict(out, new), expected.to_numpy(), rtol=0, atol=1e-6)
+
+
 def test_context_features_can_be_switched_off(data, tmp_path):
     gbdt.run(config(data[0], tmp_path / "plain", "features.context=false"))
     columns = read_json(tmp_path / "plain" / "features.json")["columns"]
@@ -234,6 +276,8 @@ def test_tune_writes_best_params_into_the_run(data, tmp_path):
     ("featurs.context=false", "did you mean 'features'"),
     ("xgboost.colsample_bytre=0.5", "did you mean 'colsample_bytree'"),
     ("early_stopping_round=10", "did you mean 'early_stopping_rounds'"),
+    ("backend=dusk", "unknown GBDT backend 'dusk' \\(did you mean 'dask'\\?\\)"),
+    ("backend=dask", "cannot stop early.*early_stopping_rounds: null"),
 ])
 def test_bad_config_keys_give_clear_errors(tmp_path, override, message):
     engine = ["engine=xgboost"] if override.startswith("xgboost") else []

@@ -171,8 +171,19 @@ def test_multiframe_and_grayscale_files_ingest(tmp_path):
     assert img.std() > 5  # windowed into a visible picture, not a flat field
 
 
-def test_dask_engine_matches_local(cohort_dir, ingested, tmp_path):
+def test_dask_engine_matches_local_and_writes_parts(cohort_dir, ingested, tmp_path):
     pytest.importorskip("dask.distributed")
     out, _ = ingested
-    _ingest(cohort_dir, tmp_path / "dask", workers=2, engine="dask")
-    pd.testing.assert_frame_equal(read_cohort(out), read_cohort(tmp_path / "dask"))
+    parts = tmp_path / "dask" / ingest.PARTS_DIR
+    parts.mkdir(parents=True)
+    (parts / "part-00099.parquet").write_bytes(b"left by an earlier run")
+    _ingest(cohort_dir, tmp_path / "dask", workers=2, engine="dask", part_rows=25)
+    cohort = read_cohort(tmp_path / "dask")
+    pd.testing.assert_frame_equal(read_cohort(out), cohort)
+    # The decoded rows also sit in parquet parts of ~part_rows rows (only this run's), which read back as the
+    # cohort's header columns.
+    files = sorted(parts.glob("part-*.parquet"))
+    assert len(files) >= len(cohort) // 25 and parts / "part-00099.parquet" not in files
+    rows = pd.concat([pd.read_parquet(f) for f in files]).sort_values("image_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows, cohort[DICOM_COLUMNS])
+    assert not (out / ingest.PARTS_DIR).exists()  # --engine local writes cohort.parquet only

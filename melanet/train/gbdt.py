@@ -8,6 +8,11 @@ image-model out-of-fold scores as features. Features come from
 :func:`melanet.features.build_features`, the code FusionNet's metadata branch
 uses too.
 
+``backend: dask`` boosts each fold model on a Dask cluster through
+``lightgbm.dask`` / ``xgboost.dask`` (same folds, same outputs, the same model
+files); LightGBM's Dask interface cannot stop early, XGBoost's can. See
+docs/distributed.md.
+
 Written to ``OUT_DIR`` (DESIGN.md "Runs")::
 
     config.yaml                 resolved config (tuned parameters included)
@@ -38,6 +43,7 @@ Leakage, and what guards against it:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -68,6 +74,34 @@ NOT_FEATURES = {"image_id", "sop_instance_uid", "patient_id", "sha256", "image_p
 
 # --------------------------------------------------------------------------- engines
 
+# Name of the label column while it travels with the features to the Dask workers.
+_DASK_LABEL = "__melanet_label__"
+
+
+def dask_frames(client: Any, X: pd.DataFrame, y: np.ndarray) -> tuple[Any, Any]:
+    """``X`` and ``y`` as row-aligned Dask collections on ``client``'s cluster, about one partition per worker.
+
+    Categorical columns keep ``X``'s categories in every partition (both Dask
+    interfaces require that); :func:`apply_schema` already fixed them from the
+    whole table.
+    """
+    import dask.dataframe as dd
+
+    n_partitions = max(1, min(len(client.nthreads()), len(X)))
+    frame = dd.from_pandas(X.assign(**{_DASK_LABEL: np.asarray(y)}).reset_index(drop=True), npartitions=n_partitions)
+    # Persist before splitting, so that the features and the labels of a partition are one piece of data on one
+    # worker rather than two computations that the engines must line up again (LightGBM issue #6920).
+    frame = client.persist(frame)
+    return frame[list(X.columns)], frame[_DASK_LABEL]
+
+
+def dask_early_stopping_error(engine: str) -> str:
+    """Why ``engine`` cannot stop early on a Dask cluster, and what to set instead."""
+    return (f"{engine}'s Dask interface cannot stop early (its workers would each judge a different share of the "
+            f"early-stopping rows); with backend: dask set early_stopping_rounds: null and choose num_boost_round "
+            f"(e.g. the `rounds` in fold_<k>/DONE of a local run on a sample), or use engine: xgboost, whose Dask "
+            f"interface stops early")
+
 
 class TreeModel:
     """One fold's booster, scikit-learn style: settings in ``__init__``, ``fit`` returns self,
@@ -76,6 +110,12 @@ class TreeModel:
 
     ``n_classes`` 2 means a binary objective and ``predict_proba`` of shape (n,);
     more means softmax and (n, n_classes).
+
+    With a ``client`` (``dask.distributed.Client``) ``fit`` boosts on the
+    cluster's workers through the engine's Dask interface; the booster comes
+    back as an ordinary local one, so prediction, saving and the model file are
+    the same as for a model boosted in this process. ``n_jobs`` then sets only
+    the threads of local prediction: each worker boosts with its own threads.
     """
 
     name: ClassVar[str]
@@ -83,15 +123,18 @@ class TreeModel:
     defaults: ClassVar[dict[str, Any]]
     # engine parameter -> the top-level config key that sets it
     reserved: ClassVar[dict[str, str]]
+    # whether the engine's Dask interface can stop early on a validation set
+    dask_early_stopping: ClassVar[bool]
 
     def __init__(self, params: dict[str, Any], n_classes: int = 2, num_boost_round: int = 1000,
-                 early_stopping_rounds: int | None = 100, seed: int = 0, n_jobs: int = 1):
+                 early_stopping_rounds: int | None = 100, seed: int = 0, n_jobs: int = 1, client: Any = None):
         self.params = dict(params)
         self.n_classes = n_classes
         self.num_boost_round = num_boost_round
         self.early_stopping_rounds = early_stopping_rounds
         self.seed = seed
         self.n_jobs = n_jobs
+        self.client = client
 
     def _check(self) -> None:
         if not hasattr(self, "booster_"):
@@ -155,6 +198,9 @@ class LightGBMModel(TreeModel):
     }
     reserved = {"objective": "target", "num_class": "target", "num_threads": "n_jobs", "seed": "seed",
                 "num_iterations": "num_boost_round", "early_stopping_round": "early_stopping_rounds"}
+    # lightgbm.dask evaluates a validation set on each worker's share of it only, so workers disagree on when
+    # to stop and training hangs (LightGBM issues #6351, #6197); its maintainers call it unsupported (#3712).
+    dask_early_stopping = False
 
     @classmethod
     @functools.cache
@@ -184,21 +230,45 @@ class LightGBMModel(TreeModel):
     def _fit(self, X, y, X_valid, y_valid):
         import lightgbm as lgb
 
-        params = self._train_params()
-        train = lgb.Dataset(X, y)
+        stopping = X_valid is not None and bool(self.early_stopping_rounds)
+        if stopping and self.client is not None:
+            raise ConfigError(dask_early_stopping_error(self.name))
         history: dict = {}
-        valid_sets, callbacks = [], []
-        if X_valid is not None and self.early_stopping_rounds:
-            valid_sets = [lgb.Dataset(X_valid, y_valid, reference=train)]
-            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False),
-                         lgb.record_evaluation(history)]
         try:
-            self.booster_ = lgb.train(params, train, self.num_boost_round, valid_sets=valid_sets,
-                                      valid_names=["valid"] * len(valid_sets), callbacks=callbacks)
+            if self.client is None:
+                self.booster_ = self._boost_local(X, y, X_valid if stopping else None, y_valid, history)
+            else:
+                self.booster_ = self._boost_dask(X, y)
         except lgb.basic.LightGBMError as exc:
             raise self._error(exc) from None
         self.best_iteration_ = self.booster_.best_iteration or self.booster_.current_iteration()
         self.history_ = pd.DataFrame(history.get("valid", {}))
+
+    def _boost_local(self, X, y, X_valid, y_valid, history: dict):
+        import lightgbm as lgb
+
+        train = lgb.Dataset(X, y)
+        valid_sets, callbacks = [], []
+        if X_valid is not None:
+            valid_sets = [lgb.Dataset(X_valid, y_valid, reference=train)]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False),
+                         lgb.record_evaluation(history)]
+        return lgb.train(self._train_params(), train, self.num_boost_round, valid_sets=valid_sets,
+                         valid_names=["valid"] * len(valid_sets), callbacks=callbacks)
+
+    def _boost_dask(self, X, y):
+        from lightgbm.dask import DaskLGBMRegressor
+
+        # Each worker boosts with its own thread count; lightgbm.dask drops thread settings with a warning.
+        params = {k: v for k, v in self._train_params().items() if k != "num_threads"}
+        # The regressor face with the classification objective set explicitly: DaskLGBMClassifier re-encodes
+        # labels on each worker from the classes that worker happens to hold, so a worker whose partitions
+        # lack a class would number the classes differently. ``y`` is already 0..n_classes-1.
+        model = DaskLGBMRegressor(client=self.client, n_estimators=self.num_boost_round, **params)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+            model.fit(*dask_frames(self.client, X, y))
+        return model.to_local().booster_
 
     def predict_proba(self, X):
         self._check()
@@ -246,6 +316,8 @@ class XGBoostModel(TreeModel):
                 "n_estimators": "num_boost_round", "early_stopping_rounds": "early_stopping_rounds"}
     _ALIASES = {"learning_rate": "eta", "reg_lambda": "lambda", "reg_alpha": "alpha", "min_split_loss": "gamma",
                 "random_state": "seed", "n_jobs": "nthread"}
+    # xgboost.dask aggregates the evaluation metric over all workers, so every worker stops at the same round.
+    dask_early_stopping = True
 
     @classmethod
     def canonical(cls, key: str) -> str:
@@ -306,13 +378,10 @@ class XGBoostModel(TreeModel):
     def _fit(self, X, y, X_valid, y_valid):
         import xgboost as xgb
 
-        history: dict = {}
-        evals, stopping = [], None
-        if X_valid is not None and self.early_stopping_rounds:
-            evals, stopping = [(self._matrix(X_valid, y_valid), "valid")], self.early_stopping_rounds
+        stopping = self.early_stopping_rounds if X_valid is not None and self.early_stopping_rounds else None
+        boost = self._boost_local if self.client is None else self._boost_dask
         try:
-            booster = xgb.train(self._train_params(), self._matrix(X, y), self.num_boost_round, evals=evals,
-                                early_stopping_rounds=stopping, evals_result=history, verbose_eval=False)
+            booster, history = boost(X, y, X_valid if stopping else None, y_valid, stopping)
         except xgb.core.XGBoostError as exc:
             raise self._error(exc) from None
         kept = booster.best_iteration + 1 if stopping else booster.num_boosted_rounds()
@@ -320,6 +389,28 @@ class XGBoostModel(TreeModel):
         self.booster_ = booster[:kept]
         self.best_iteration_ = kept
         self.history_ = pd.DataFrame(history.get("valid", {}))
+
+    def _boost_local(self, X, y, X_valid, y_valid, stopping: int | None):
+        import xgboost as xgb
+
+        history: dict = {}
+        evals = [] if X_valid is None else [(self._matrix(X_valid, y_valid), "valid")]
+        booster = xgb.train(self._train_params(), self._matrix(X, y), self.num_boost_round, evals=evals,
+                            early_stopping_rounds=stopping, evals_result=history, verbose_eval=False)
+        return booster, history
+
+    def _boost_dask(self, X, y, X_valid, y_valid, stopping: int | None):
+        import xgboost.dask as dxgb
+
+        def matrix(X_part, y_part):
+            return dxgb.DaskDMatrix(self.client, *dask_frames(self.client, X_part, y_part), enable_categorical=True)
+
+        # Each worker boosts with its own thread count; an nthread parameter would override it on every worker.
+        params = {k: v for k, v in self._train_params().items() if k != "nthread"}
+        evals = [] if X_valid is None else [(matrix(X_valid, y_valid), "valid")]
+        out = dxgb.train(self.client, params, matrix(X, y), self.num_boost_round, evals=evals,
+                         early_stopping_rounds=stopping, verbose_eval=False)
+        return out["booster"], out["history"]
 
     def predict_proba(self, X):
         self._check()
@@ -361,6 +452,8 @@ class XGBoostModel(TreeModel):
 
 
 ENGINES: dict[str, type[TreeModel]] = {m.name: m for m in (LightGBMModel, XGBoostModel)}
+# Where boosting runs: in this process, or on a Dask cluster through the engine's Dask interface.
+COMPUTE_BACKENDS = ("local", "dask")
 
 
 def get_engine(name: str) -> type[TreeModel]:
@@ -405,6 +498,12 @@ class GBDTConfig(StageConfig):
                                         description="Fraction of training patients held out for early stopping.")
     seed: int = Field(42, ge=0, description="Seed of boosting, bagging, the inner split and tuning.")
     n_jobs: int = Field(0, ge=0, description="Threads per model (0 = all available cores).")
+    backend: str = Field("local", description="Where boosting runs: local (this process) or dask (the engine's "
+                                              "Dask interface on a cluster).")
+    scheduler: str | None = Field(None, description="backend dask: scheduler address (tcp://host:8786); null = "
+                                                    "start a local cluster of dask_workers workers for the run.")
+    dask_workers: int = Field(2, ge=1, description="backend dask without scheduler: worker processes of the local "
+                                                   "cluster, each with n_jobs / dask_workers threads.")
     with_oof: list[str] = Field(default_factory=list,
                                 description="Image-model runs whose OOF/test scores become features.")
     with_oof_context: bool = Field(True, description="Patient-context features on the OOF scores too "
@@ -432,6 +531,17 @@ class GBDTConfig(StageConfig):
     def _known_backend(cls, value: str) -> str:
         if value not in BACKENDS:
             raise ValueError(str(unknown_choice("tracking backend", value, BACKENDS)))
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_compute_backend(cls, value: str, info: ValidationInfo) -> str:
+        if value not in COMPUTE_BACKENDS:
+            raise ValueError(str(unknown_choice("GBDT backend", value, COMPUTE_BACKENDS)))
+        engine = ENGINES.get(info.data.get("engine", ""))
+        # Refused here, before any data is read or a cluster started, rather than in the first fold.
+        if value == "dask" and engine and not engine.dask_early_stopping and info.data.get("early_stopping_rounds"):
+            raise ValueError(dask_early_stopping_error(engine.name))
         return value
 
     @field_validator("lightgbm", "xgboost")
@@ -472,6 +582,25 @@ def resolve_n_jobs(n_jobs: int) -> int:
     if n_jobs > 0:
         return n_jobs
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def backend_client(cfg: GBDTConfig, n_jobs: int) -> Iterator[Any]:
+    """The Dask client that fold models boost on (``backend: dask``), or None to boost in this process."""
+    if cfg.backend == "local":
+        yield None
+        return
+    from melanet.cluster import dask_client
+
+    with dask_client(cfg.scheduler, cfg.dask_workers, n_jobs // cfg.dask_workers, needed_by="backend: dask") as client:
+        yield client
+
+
+def model_factory(cfg: GBDTConfig, params: dict[str, Any], spec: TargetSpec, n_jobs: int,
+                  client: Any = None) -> Callable[[], TreeModel]:
+    """A maker of unfitted fold models of ``cfg.engine`` with ``params`` (boosting on ``client`` if given)."""
+    return functools.partial(get_engine(cfg.engine), params, n_classes_of(spec), cfg.num_boost_round,
+                             cfg.early_stopping_rounds, cfg.seed, n_jobs, client)
 
 
 # --------------------------------------------------------------------------- features (pure)
@@ -638,8 +767,11 @@ def n_classes_of(spec: TargetSpec) -> int:
 
 
 def tune_params(X: pd.DataFrame, y: np.ndarray, rows: pd.DataFrame, groups: np.ndarray, trainable: np.ndarray,
-                spec: TargetSpec, cfg: GBDTConfig, n_jobs: int) -> tuple[dict[str, Any], Any]:
-    """Optuna (TPE, seeded) over the engine's main hyper-parameters; objective = OOF primary metric."""
+                spec: TargetSpec, cfg: GBDTConfig, n_jobs: int, client: Any = None) -> tuple[dict[str, Any], Any]:
+    """Optuna (TPE, seeded) over the engine's main hyper-parameters; objective = OOF primary metric.
+
+    Trials run one after another; with a Dask ``client`` each fold model of a trial boosts on the cluster.
+    """
     import optuna
 
     engine = get_engine(cfg.engine)
@@ -648,9 +780,7 @@ def tune_params(X: pd.DataFrame, y: np.ndarray, rows: pd.DataFrame, groups: np.n
     primary = "auc" if spec.score_column else "macro_auc"  # as runs.evaluate names it
 
     def objective(trial: Any) -> float:
-        params = {**base, **engine.suggest(trial)}
-        make = functools.partial(engine, params, n_classes_of(spec), cfg.num_boost_round,
-                                 cfg.early_stopping_rounds, cfg.seed, n_jobs)
+        make = model_factory(cfg, {**base, **engine.suggest(trial)}, spec, n_jobs, client)
         oof = np.zeros((len(rows), len(spec.pred_columns)))
         for _, val, model in iter_fold_models(X, y, fold, groups, trainable, make, cfg.inner_valid_fraction, cfg.seed):
             oof[val] = class_prob(model.predict_proba(X.iloc[np.flatnonzero(val)]), spec).reshape(val.sum(), -1)
@@ -692,10 +822,12 @@ def run(cfg: GBDTConfig) -> dict:
     out = RunDir(cfg.out_dir, folds)
     write_text(out.path / "config.yaml", config_to_yaml(cfg))
     tracker = start_tracking(cfg.track, out.path, cfg.track_uri, params=cfg.model_dump(mode="json"))
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(tracker.close)
+        client = stack.enter_context(backend_client(cfg, n_jobs))
         params = engine_params(cfg)
         if cfg.tune:
-            params, study = tune_params(X, y, rows, groups, trainable, spec, cfg, n_jobs)
+            params, study = tune_params(X, y, rows, groups, trainable, spec, cfg, n_jobs, client)
             cfg = cfg.model_copy(update={cfg.engine: params})
             write_json(out.path / "tune.json", {"engine": cfg.engine, "trials": cfg.tune,
                                                 "metric": "auc" if spec.score_column else "macro_auc",
@@ -704,8 +836,7 @@ def run(cfg: GBDTConfig) -> dict:
             write_text(out.path / "config.yaml", config_to_yaml(cfg))
         write_json(out.path / FEATURES_FILE, {**schema, "classes": spec.classes, "folds": folds,
                                               "oof_columns": [] if extra is None else list(extra.columns)})
-        make = functools.partial(engine, params, n_classes_of(spec), cfg.num_boost_round,
-                                 cfg.early_stopping_rounds, cfg.seed, n_jobs)
+        make = model_factory(cfg, params, spec, n_jobs, client)
         gains: dict[int, pd.Series] = {}
         fold_start = time.perf_counter()
         for k, val, model in iter_fold_models(X, y, rows["fold"].to_numpy(), groups, trainable, make,
@@ -717,7 +848,7 @@ def run(cfg: GBDTConfig) -> dict:
             model.save(out.fold_dir(k) / engine.model_file)
             write_csv(out.fold_dir(k) / "history.csv", history_table(model.history_))
             out.write_fold_predictions(k, oof_k, test_k)
-            out.mark_done(k, {"engine": engine.name, "rounds": int(model.best_iteration_),
+            out.mark_done(k, {"engine": engine.name, "backend": cfg.backend, "rounds": int(model.best_iteration_),
                               "n_train": model.n_train_, "n_early_stopping": model.n_early_stopping_,
                               "n_excluded": int((~val & ~trainable).sum()),
                               "seconds": round(time.perf_counter() - fold_start, 3)})
@@ -733,9 +864,8 @@ def run(cfg: GBDTConfig) -> dict:
         for name in ("config.yaml", "metrics.json", "oof.parquet", "test.parquet", "feature_importance.csv",
                      "feature_importance.png"):
             tracker.log_artifact(out.path / name)
-    finally:
-        tracker.close()
-    print_summary(metrics, f"train-gbdt ({engine.name}, {len(X.columns)} features) "
+    where = " on Dask" if cfg.backend == "dask" else ""
+    print_summary(metrics, f"train-gbdt ({engine.name}{where}, {len(X.columns)} features) "
                            f"in {time.perf_counter() - started:.1f}s -> {out.path}")
     if cfg.report:
         _report(out.path)
