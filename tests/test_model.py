@@ -60,6 +60,22 @@ def test_multi_sample_dropout_averages_masks_in_training_only():
     torch.testing.assert_close(net(images, meta), net.head(net.features(images, meta)))
 
 
+def test_image_aux_head_sees_the_image_alone_and_leaves_predictions_unchanged():
+    torch.manual_seed(0)
+    net = FusionNet("test_resnet", n_meta=3, n_outputs=1, meta_hidden=(8, 4), image_aux_head=True).eval()
+    images = _images(2)
+    a, b = torch.zeros(2, 3), torch.full((2, 3), 3.0)
+    fused_a, aux_a = net(images, a, with_aux=True)
+    fused_b, aux_b = net(images, b, with_aux=True)
+    torch.testing.assert_close(fused_a, net(images, a))  # prediction = the fused head, aux or not
+    assert not torch.allclose(fused_a, fused_b)
+    torch.testing.assert_close(aux_a, aux_b)  # the auxiliary head ignores metadata
+    plain = FusionNet("test_resnet", n_meta=3, n_outputs=1, meta_hidden=(8, 4)).eval()
+    assert plain(images, a, with_aux=True)[1] is None
+    image_only = FusionNet("test_resnet", n_meta=3, n_outputs=1, use_meta=False, image_aux_head=True)
+    assert image_only.image_head is None  # the image-only net's own head already is that head
+
+
 def test_weights_round_trip_through_safetensors(tmp_path):
     torch.manual_seed(0)
     net = FusionNet("test_resnet", n_meta=4, n_outputs=3, meta_hidden=(8, 4)).eval()

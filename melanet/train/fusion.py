@@ -71,6 +71,9 @@ class ModelConfig(StageConfig):
     head_dropout: float = Field(0.5, ge=0, lt=1, description="Dropout rate of each multi-sample-dropout mask.")
     head_samples: int = Field(5, ge=1, le=32, description="Dropout masks averaged by the head.")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth of the backbone (if supported).")
+    image_aux_weight: float = Field(
+        0.0, ge=0, description="Weight of an auxiliary image-only head's loss (deep supervision of the backbone "
+                               "so that metadata does not become a shortcut); 0 = no auxiliary head.")
 
     @field_validator("backbone")
     @classmethod
@@ -300,7 +303,8 @@ def build_model(cfg: FusionConfig, n_meta: int, n_outputs: int) -> FusionNet:
     m = cfg.model
     model = FusionNet(m.backbone, n_meta, n_outputs, use_meta=m.use_meta, meta_hidden=m.meta_hidden,
                       meta_dropout=m.meta_dropout, head_dropout=m.head_dropout, head_samples=m.head_samples,
-                      pretrained=m.pretrained, pretrained_path=m.pretrained_path, drop_path_rate=m.drop_path_rate)
+                      pretrained=m.pretrained, pretrained_path=m.pretrained_path, drop_path_rate=m.drop_path_rate,
+                      image_aux_head=m.image_aux_weight > 0)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 
@@ -421,8 +425,13 @@ class FoldTrainer:
                 images, meta, target = mix_batch(images, meta, target, aug, self.rng)
             stepping = (i + 1) % t.accumulate == 0 or i + 1 == n_batches
             with fabric.no_backward_sync(self.model, enabled=not stepping):
-                loss = fusion_loss(self.model(images, meta), target, **self.loss_kwargs)
-                fabric.backward(loss / t.accumulate)
+                logits, aux = self.model(images, meta, with_aux=True)
+                loss = fusion_loss(logits, target, **self.loss_kwargs)
+                if aux is not None:
+                    aux_loss = fusion_loss(aux, target, **self.loss_kwargs)
+                    fabric.backward((loss + self.cfg.model.image_aux_weight * aux_loss) / t.accumulate)
+                else:
+                    fabric.backward(loss / t.accumulate)
             if stepping:
                 if t.grad_clip:
                     fabric.clip_gradients(self.model, self.optimizer, max_norm=t.grad_clip)

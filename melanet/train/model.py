@@ -116,12 +116,19 @@ class FusionNet(nn.Module):
     float matrix from :class:`melanet.features.MetaEncoder`; it is ignored when
     ``use_meta`` is false (the image-only baseline). The output is logits:
     (N, 1) for a binary target, (N, n_classes) otherwise.
+
+    ``image_aux_head`` adds a second Linear on the image features alone,
+    trained beside the fused head (``forward(..., with_aux=True)`` returns
+    both logits) and unused at prediction. Metadata is an easy shortcut on a
+    small cohort; the auxiliary loss keeps the backbone learning the image
+    cues the fused head would otherwise lean on metadata for.
     """
 
     def __init__(self, backbone: str, n_meta: int, n_outputs: int, *, use_meta: bool = True,
                  meta_hidden: Sequence[int] = (512, 128), meta_dropout: float = 0.3,
                  head_dropout: float = 0.5, head_samples: int = 5, pretrained: bool = False,
-                 pretrained_path: str | Path | None = None, drop_path_rate: float = 0.0):
+                 pretrained_path: str | Path | None = None, drop_path_rate: float = 0.0,
+                 image_aux_head: bool = False):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained, pretrained_path, drop_path_rate)
         cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
@@ -133,6 +140,7 @@ class FusionNet(nn.Module):
         self.use_meta = bool(use_meta and n_meta > 0)
         # Pooled output width: models with a pre-logits layer (MobileNetV3, LCNet) widen past num_features.
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.image_head = nn.Linear(width, n_outputs) if image_aux_head and self.use_meta else None
         self.meta: nn.Module | None = None
         if self.use_meta:
             if len(meta_hidden) != 2:
@@ -145,22 +153,35 @@ class FusionNet(nn.Module):
         self.dropouts = nn.ModuleList(nn.Dropout(head_dropout) for _ in range(max(1, head_samples)))
         self.head = nn.Linear(width, n_outputs)
 
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features of a 0-255 image batch."""
+        return self.backbone((image.float() - self.mean) / self.std)
+
     def features(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled image features, concatenated with the metadata embedding when used."""
-        image = (image.float() - self.mean) / self.std
-        x = self.backbone(image)
-        if self.meta is not None:
-            if meta is None:
-                raise ValueError("this FusionNet uses metadata; pass the encoded meta matrix")
-            x = torch.cat([x, self.meta(meta.to(x.dtype))], dim=1)
-        return x
+        return self._fuse(self.image_features(image), meta)
 
-    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.features(image, meta)
+    def _fuse(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+        if self.meta is None:
+            return x
+        if meta is None:
+            raise ValueError("this FusionNet uses metadata; pass the encoded meta matrix")
+        return torch.cat([x, self.meta(meta.to(x.dtype))], dim=1)
+
+    def _head(self, head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         if not self.training:  # dropout is the identity at eval: one pass equals the average
-            return self.head(x)
+            return head(x)
         # Multi-sample dropout: several masks, one shared Linear, logits averaged.
-        return torch.stack([self.head(drop(x)) for drop in self.dropouts]).mean(dim=0)
+        return torch.stack([head(drop(x)) for drop in self.dropouts]).mean(dim=0)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None,
+                with_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits; with ``with_aux`` the pair (fused logits, image-only logits or None)."""
+        pooled = self.image_features(image)
+        logits = self._head(self.head, self._fuse(pooled, meta))
+        if not with_aux:
+            return logits
+        return logits, self._head(self.image_head, pooled) if self.image_head is not None else None
 
 
 # --------------------------------------------------------------------------- losses
