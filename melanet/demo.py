@@ -99,7 +99,10 @@ def run(cfg: DemoConfig) -> pd.DataFrame:
 
     table = summary_table(src, runs)
     write_csv(out / "summary.csv", table)
+    pairs = paired_comparisons(runs)
+    write_csv(out / "comparisons.csv", pairs)
     _print_table(table, time.perf_counter() - start, out)
+    _print_pairs(pairs)
     return table
 
 
@@ -120,6 +123,31 @@ def summary_table(src: Path, runs: Path) -> pd.DataFrame:
     rows.append({"model": "true probability (ceiling)", "auc": best["auc"], "pauc80": best["pauc80"],
                  "ap": best["ap"], "n": best["n"]})
     return pd.DataFrame(rows)
+
+
+#: (better?, than) run pairs the demo tests: does metadata help the CNN, do pixels help the GBDT, does blending help.
+PAIRS = (("fusion", "image_only"), ("fusion", "gbdt"), ("blend", "fusion"), ("blend", "gbdt_img"))
+
+
+def paired_comparisons(runs: Path, n_boot: int = 1000) -> pd.DataFrame:
+    """AUC difference of each pair in PAIRS on the same OOF rows, with a patient-grouped bootstrap 95% interval."""
+    rows = []
+    for a, b in PAIRS:
+        left = pd.read_parquet(runs / a / "oof.parquet", columns=["image_id", "patient_id", "target", "pred"])
+        right = pd.read_parquet(runs / b / "oof.parquet", columns=["image_id", "pred"])
+        both = left.merge(right, on="image_id", suffixes=("_a", "_b"))
+        d = M.paired_auc_difference(both["target"].astype(int), both["pred_a"], both["pred_b"],
+                                    groups=both["patient_id"], n_boot=n_boot)
+        rows.append({"model": a, "baseline": b, "auc_diff": d["diff"], "lo": d["lo"], "hi": d["hi"],
+                     "p_not_better": d["p_not_better"]})
+    return pd.DataFrame(rows)
+
+
+def _print_pairs(pairs: pd.DataFrame) -> None:
+    for r in pairs.itertuples():
+        verdict = "better" if r.lo > 0 else "not clearly better"
+        console.print(f"{r.model} vs {r.baseline}: AUC {r.auc_diff:+.4f} (95% CI {r.lo:+.4f} to {r.hi:+.4f}, "
+                      f"patient bootstrap) - {verdict}", highlight=False)
 
 
 def _print_table(table: pd.DataFrame, seconds: float, out: Path) -> None:

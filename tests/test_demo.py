@@ -27,6 +27,9 @@ def test_demo_table_has_every_model_and_the_ceiling(demo_dir):
                                     "GBDT metadata + fusion OOF", "blend", "true probability (ceiling)"]
     assert table["auc"].between(0, 1).all() and table["pauc80"].between(0, 0.2).all()
     assert (out / "summary.csv").is_file()
+    pairs = pd.read_csv(out / "comparisons.csv")
+    assert list(zip(pairs["model"], pairs["baseline"])) == list(demo.PAIRS)
+    assert (pairs["lo"] <= pairs["auc_diff"]).all() and (pairs["auc_diff"] <= pairs["hi"]).all()
     for run in ("image_only", "fusion", "gbdt", "gbdt_img", "blend"):
         assert (out / "runs" / run / "report.html").is_file()
     assert (out / "data" / "eda.html").is_file()
