@@ -165,6 +165,7 @@ def test_resume_skips_finished_folds_and_merge_refuses_missing(cohort_dir, tmp_p
      "augment.cutmix_alpha=1.0", "augment.mix_p=1.0", "train.label_smoothing=0.1", "train.meta_drop_p=0.2"],
     ["train.imbalance=focal", "train.scheduler=plateau", "train.accumulate=2", "eval.oof_epoch=best",
      "train.workers=1", "train.epochs=2"],
+    ["train.ema_decay=0.9", "model.image_aux_weight=0.5", "train.epochs=2"],
 ])
 def test_variants_run_one_fold(cohort_dir, tmp_path, overrides):
     from melanet.train import fusion
@@ -179,6 +180,11 @@ def test_variants_run_one_fold(cohort_dir, tmp_path, overrides):
         assert oof["pred"].notna().all()
     if "track=tensorboard" in overrides:  # per-epoch metrics were logged
         assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+    if "train.ema_decay=0.9" in overrides:  # the saved weights are the averaged ones that predicted the OOF
+        _rewrite_done_folds(out, [1])
+        cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+        pred = pd.Series(fusion.predict(out, cohort, cohort_dir), index=cohort["image_id"])
+        np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)
 
 
 def test_config_errors_are_clear(cohort_dir, tmp_path):
@@ -243,3 +249,13 @@ def test_torchrun_two_cpu_processes_gather_oof_and_only_rank0_writes(cohort_dir,
     assert written[1] == []
     assert {str(out / "fold_0" / "DONE"), str(out / "fold_0" / "model.safetensors")} <= set(written[0])
     assert result.stderr.count("train-fusion finished") == 1
+    # Same fold in one process: the same rows, and a score within the noise of two processes' batch order.
+    from melanet import metrics
+    from melanet.train import fusion
+
+    single = tmp_path / "single"
+    fusion.run(tiny_config(cohort_dir, single, ["train.batch_size=16", "train.lr=2e-3", "train.warmup_epochs=1",
+                                                "engine.threads=1"]), folds=[0])
+    one = pd.read_parquet(single / "fold_0" / "oof.parquet").set_index("image_id").loc[fold_oof["image_id"]]
+    aucs = [metrics.binary_metrics(t["target"], t["pred"])["auc"] for t in (fold_oof, one)]
+    assert min(aucs) > 0.6 and abs(aucs[0] - aucs[1]) < 0.15, aucs

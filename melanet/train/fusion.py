@@ -116,6 +116,9 @@ class TrainConfig(StageConfig):
                             "sampling; focal: focal loss with focal_gamma.")
     focal_gamma: float = Field(2.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Keep an exponential moving average of the weights (timm ModelEmaV3, with "
+                                      "warm-up) and predict with it; e.g. 0.99 for a few hundred steps. null = off.")
     meta_drop_p: float = Field(0.0, ge=0, le=1, description="Per-sample probability of blanking all metadata.")
     workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader workers per process; auto = 1 per spare core, at most 4.")
@@ -375,6 +378,11 @@ class FoldTrainer:
         self.model, self.optimizer = fabric.setup(model, optimizer)
         self.raw = self.model.module
         self.rng = np.random.default_rng(seed)
+        self.ema = None
+        if cfg.train.ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.raw, decay=cfg.train.ema_decay, use_warmup=True)
 
         t = cfg.train
         y = data.labels[train_rows]
@@ -403,6 +411,11 @@ class FoldTrainer:
         self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / t.accumulate))
         self.schedule = LRSchedule(self.optimizer, t, self.steps_per_epoch)
         self.precision = resolve_precision(cfg.engine.precision, fabric.device.type)
+
+    @property
+    def predictor(self) -> FusionNet:
+        """The weights that predict: the moving average when ``train.ema_decay`` is set, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.raw
 
     def train_epoch(self, on_step=None, batches=None) -> float:
         """One pass over the training rows; returns the mean training loss.
@@ -438,6 +451,8 @@ class FoldTrainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.schedule.step()
+                if self.ema is not None:
+                    self.ema.update(self.raw, step=self.schedule.step_count)
             total += loss.detach() * len(y)
             seen += len(y)
             if on_step is not None:
@@ -455,13 +470,13 @@ class FoldTrainer:
         settings = dict(tta=tta, batch_size=batch, device=fabric.device, precision=self.precision,
                         channels_last=self.cfg.train.channels_last, workers=self.workers)
         if world == 1:
-            return predict_rows(self.raw, self.data.store, rows, self.meta, **settings)
+            return predict_rows(self.predictor, self.data.store, rows, self.meta, **settings)
         per_rank = math.ceil(len(rows) / world)
         shard = rows[rank::world]
         # Equal shapes for all_gather: pad short shards with a repeated row, flagged by position -1.
         padded = np.concatenate([shard, np.repeat(rows[:1], per_rank - len(shard))]) if len(rows) else shard
         position = np.concatenate([np.arange(rank, len(rows), world), -np.ones(per_rank - len(shard), int)])
-        prob = predict_rows(self.raw, self.data.store, padded, self.meta, **settings)
+        prob = predict_rows(self.predictor, self.data.store, padded, self.meta, **settings)
         with warnings.catch_warnings():  # Lightning's gather calls a torch function torch now deprecates
             warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
             gathered = fabric.all_gather({"prob": torch.as_tensor(prob, device=fabric.device),
@@ -594,11 +609,11 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
                                 step=epoch)
         score = value if math.isfinite(value) else -val_loss
         if cfg.eval.oof_epoch == "best" and (best is None or score > best[0]):
-            best = (score, epoch, copy.deepcopy(trainer.raw.state_dict()))
+            best = (score, epoch, copy.deepcopy(trainer.predictor.state_dict()))
     used = epochs
     if best is not None:
         used = best[1]
-        trainer.raw.load_state_dict(best[2])
+        trainer.predictor.load_state_dict(best[2])
     oof_prob = trainer.predict(val_rows, tta=cfg.eval.tta)
     test_prob = trainer.predict(test_rows, tta=cfg.eval.tta)
     info = {"fold": k, "epoch_used": used, "epochs": epochs, "seconds": round(time.perf_counter() - started, 2),
@@ -607,7 +622,7 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
             "positive_class": data.spec.positive_class}
     if rank0:
         fold_dir = run.fold_dir(k)
-        save_weights(trainer.raw, fold_dir / "model.safetensors",
+        save_weights(trainer.predictor, fold_dir / "model.safetensors",
                      metadata={"backbone": cfg.model.backbone, "fold": str(k), "epoch": str(used)})
         write_json(fold_dir / "meta_encoder.json", {"feature_names": trainer.encoder.feature_names_,
                                                     **trainer.encoder.to_dict()})
