@@ -92,8 +92,13 @@ def bare_lightgbm(cfg: gbdt.GBDTConfig) -> tuple[float, float, np.ndarray]:
         dstop = lgb.Dataset(X.iloc[stop], y[stop], reference=dtrain)
         booster = lgb.train(params, dtrain, cfg.num_boost_round, valid_sets=[dstop],
                             callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)])
-        oof[val] = booster.predict(X.iloc[val], num_iteration=booster.best_iteration)
-        test += booster.predict(X_test, num_iteration=booster.best_iteration) / len(splits)
+        rounds = booster.best_iteration
+        if cfg.refit:  # as train-gbdt does: boost again on all training rows, rounds scaled up
+            rounds = max(1, int(round(rounds / (1.0 - cfg.inner_valid_fraction))))
+            train = np.sort(np.concatenate([fit, stop]))  # the fold's training rows in cohort order
+            booster = lgb.train(params, lgb.Dataset(X.iloc[train], y[train]), rounds)
+        oof[val] = booster.predict(X.iloc[val], num_iteration=rounds)
+        test += booster.predict(X_test, num_iteration=rounds) / len(splits)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return seconds, cpu, pd.Series(oof, index=rows["image_id"].to_numpy()).sort_index().to_numpy()
 

@@ -254,10 +254,26 @@ def test_excluded_rows_are_not_trained_on_but_still_predicted(data, tmp_path):
     n_lab = len(labelled(cohort))
     for k, d in enumerate(done):
         in_fold = (labelled(cohort)["fold"] == k).sum()
-        assert d["n_train"] + d["n_early_stopping"] == n_lab - in_fold - d["n_excluded"]
+        assert d["n_train"] == n_lab - in_fold - d["n_excluded"]  # refit on every training row
     pd.DataFrame({"image_id": ["ISIC_nope"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(InputDataError, match="ISIC_nope"):
         gbdt.run(config(data_dir, tmp_path / "bad", exclude=str(tmp_path / "bad.csv")))
+
+
+def test_refit_boosts_on_every_training_row_for_the_rounds_early_stopping_chose(data, tmp_path):
+    data_dir, cohort, _ = data
+    gbdt.run(config(data_dir, tmp_path / "stopped", "refit=false"))
+    gbdt.run(config(data_dir, tmp_path / "refit"))
+    n_lab = len(labelled(cohort))
+    for k in range(5):
+        stopped, refit = (read_json(tmp_path / run / f"fold_{k}" / "DONE") for run in ("stopped", "refit"))
+        n_training = n_lab - int((labelled(cohort)["fold"] == k).sum())
+        assert stopped["n_train"] + stopped["n_early_stopping"] == n_training
+        assert refit["n_train"] == n_training and refit["n_early_stopping"] == stopped["n_early_stopping"]
+        assert refit["rounds"] == max(1, round(stopped["rounds"] / 0.8))  # inner_valid_fraction 0.2
+    oof = {run: pd.read_parquet(tmp_path / run / "oof.parquet") for run in ("stopped", "refit")}
+    assert (oof["stopped"]["image_id"] == oof["refit"]["image_id"]).all()
+    assert not np.allclose(oof["stopped"]["pred"], oof["refit"]["pred"])
 
 
 def test_tune_writes_best_params_into_the_run(data, tmp_path):

@@ -186,6 +186,10 @@ class TreeModel:
         """Optuna search space of the main hyper-parameters."""
         raise NotImplementedError
 
+    def with_rounds(self, rounds: int) -> "TreeModel":
+        """An unfitted copy with the same settings that boosts exactly ``rounds`` rounds, no early stopping."""
+        return type(self)(self.params, self.n_classes, rounds, None, self.seed, self.n_jobs, self.client)
+
 
 class LightGBMModel(TreeModel):
     name = "lightgbm"
@@ -496,6 +500,8 @@ class GBDTConfig(StageConfig):
                                "null trains num_boost_round rounds on all training rows.")
     inner_valid_fraction: float = Field(0.2, gt=0.0, lt=1.0,
                                         description="Fraction of training patients held out for early stopping.")
+    refit: bool = Field(True, description="After early stopping picks the round count on the inner split, boost "
+                                          "again on all training rows (rounds scaled by 1/(1-inner_valid_fraction)).")
     seed: int = Field(42, ge=0, description="Seed of boosting, bagging, the inner split and tuning.")
     n_jobs: int = Field(0, ge=0, description="Threads per model (0 = all available cores).")
     backend: str = Field("local", description="Where boosting runs: local (this process) or dask (the engine's "
@@ -730,11 +736,16 @@ def inner_split(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -
 
 def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: np.ndarray, trainable: np.ndarray,
                      make_model: Callable[[], TreeModel], inner_valid_fraction: float,
-                     seed: int, folds: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray, TreeModel]]:
+                     seed: int, folds: Sequence[int] | None = None,
+                     refit: bool = False) -> Iterator[tuple[int, np.ndarray, TreeModel]]:
     """Fit one model per fold on the labelled rows ``X``; yield ``(k, validation mask, fitted model)``.
 
     Fold k's model trains on the other folds' ``trainable`` rows, early-stopped on a
-    patient-grouped inner split of them; fold k's rows are only predicted.
+    patient-grouped inner split of them; fold k's rows are only predicted. With
+    ``refit`` the inner split only picks the round count: the model is boosted
+    again on all of the fold's training rows for ``best / (1 - inner_valid_fraction)``
+    rounds (more rows, proportionally more rounds), keeping the first fit's
+    early-stopping history.
     """
     for k in (folds if folds is not None else np.unique(fold)):
         val = fold == k
@@ -744,6 +755,11 @@ def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: n
             fit, stop = inner_split(y[train], groups[train], inner_valid_fraction, seed + int(k))
             fit, stop = train[fit], train[stop]
             model.fit(X.iloc[fit], y[fit], X.iloc[stop], y[stop])
+            if refit:
+                rounds = max(1, int(round(model.best_iteration_ / (1.0 - inner_valid_fraction))))
+                stopped = model
+                model = stopped.with_rounds(rounds).fit(X.iloc[train], y[train])
+                model.history_, model.n_early_stopping_ = stopped.history_, stopped.n_early_stopping_
         else:
             model.fit(X.iloc[train], y[train])
         yield int(k), val, model
@@ -782,7 +798,8 @@ def tune_params(X: pd.DataFrame, y: np.ndarray, rows: pd.DataFrame, groups: np.n
     def objective(trial: Any) -> float:
         make = model_factory(cfg, {**base, **engine.suggest(trial)}, spec, n_jobs, client)
         oof = np.zeros((len(rows), len(spec.pred_columns)))
-        for _, val, model in iter_fold_models(X, y, fold, groups, trainable, make, cfg.inner_valid_fraction, cfg.seed):
+        for _, val, model in iter_fold_models(X, y, fold, groups, trainable, make, cfg.inner_valid_fraction, cfg.seed,
+                                              refit=cfg.refit):
             oof[val] = class_prob(model.predict_proba(X.iloc[np.flatnonzero(val)]), spec).reshape(val.sum(), -1)
         return float(evaluate(predictions_frame(rows, oof, spec), spec)["overall"][primary])
 
@@ -840,7 +857,7 @@ def run(cfg: GBDTConfig) -> dict:
         gains: dict[int, pd.Series] = {}
         fold_start = time.perf_counter()
         for k, val, model in iter_fold_models(X, y, rows["fold"].to_numpy(), groups, trainable, make,
-                                              cfg.inner_valid_fraction, cfg.seed, folds):
+                                              cfg.inner_valid_fraction, cfg.seed, folds, refit=cfg.refit):
             idx = np.flatnonzero(val)
             oof_k = predictions_frame(rows.iloc[idx], class_prob(model.predict_proba(X.iloc[idx]), spec), spec)
             test_k = (predictions_frame(test_rows, class_prob(model.predict_proba(X_test), spec), spec)
