@@ -94,7 +94,7 @@ def bare_lightgbm(cfg: gbdt.GBDTConfig) -> tuple[float, float, np.ndarray]:
                             callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)])
         rounds = booster.best_iteration
         if cfg.refit:  # as train-gbdt does: boost again on all training rows, rounds scaled up
-            rounds = max(1, int(round(rounds / (1.0 - cfg.inner_valid_fraction))))
+            rounds = gbdt.refit_rounds(rounds, cfg.inner_valid_fraction)
             train = np.sort(np.concatenate([fit, stop]))  # the fold's training rows in cohort order
             booster = lgb.train(params, lgb.Dataset(X.iloc[train], y[train]), rounds)
         oof[val] = booster.predict(X.iloc[val], num_iteration=rounds)

@@ -439,12 +439,10 @@ class FoldTrainer:
             stepping = (i + 1) % t.accumulate == 0 or i + 1 == n_batches
             with fabric.no_backward_sync(self.model, enabled=not stepping):
                 logits, aux = self.model(images, meta, with_aux=True)
-                loss = fusion_loss(logits, target, **self.loss_kwargs)
-                if aux is not None:
-                    aux_loss = fusion_loss(aux, target, **self.loss_kwargs)
-                    fabric.backward((loss + self.cfg.model.image_aux_weight * aux_loss) / t.accumulate)
-                else:
-                    fabric.backward(loss / t.accumulate)
+                loss = fusion_loss(logits, target, **self.loss_kwargs)  # what the history reports
+                total_loss = loss if aux is None else (
+                    loss + self.cfg.model.image_aux_weight * fusion_loss(aux, target, **self.loss_kwargs))
+                fabric.backward(total_loss / t.accumulate)
             if stepping:
                 if t.grad_clip:
                     fabric.clip_gradients(self.model, self.optimizer, max_norm=t.grad_clip)

@@ -734,6 +734,11 @@ def inner_split(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -
     return np.flatnonzero(~stop), np.flatnonzero(stop)
 
 
+def refit_rounds(best_rounds: int, inner_valid_fraction: float) -> int:
+    """Rounds for the refit on all training rows: the early-stopped count scaled up with the rows added back."""
+    return max(1, int(round(best_rounds / (1.0 - inner_valid_fraction))))
+
+
 def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: np.ndarray, trainable: np.ndarray,
                      make_model: Callable[[], TreeModel], inner_valid_fraction: float,
                      seed: int, folds: Sequence[int] | None = None,
@@ -756,9 +761,9 @@ def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: n
             fit, stop = train[fit], train[stop]
             model.fit(X.iloc[fit], y[fit], X.iloc[stop], y[stop])
             if refit:
-                rounds = max(1, int(round(model.best_iteration_ / (1.0 - inner_valid_fraction))))
                 stopped = model
-                model = stopped.with_rounds(rounds).fit(X.iloc[train], y[train])
+                model = stopped.with_rounds(refit_rounds(stopped.best_iteration_, inner_valid_fraction)).fit(
+                    X.iloc[train], y[train])
                 model.history_, model.n_early_stopping_ = stopped.history_, stopped.n_early_stopping_
         else:
             model.fit(X.iloc[train], y[train])
