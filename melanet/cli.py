@@ -1,18 +1,19 @@
-"""Command line: parses arguments, loads the config, calls a stage runner. Nothing else.
+"""Command line: parses arguments and calls the Python API function of the same name. Nothing else.
 
-Each command mirrors a Python call (``melanet.ingest.run(cfg)``...), so a stage is
-usable from Python exactly as from the shell.
+Each command body is one call to :mod:`melanet.api` (``melanet ingest`` ->
+``melanet.ingest(...)``), which loads the config and runs the stage, so the
+shell and Python cannot drift.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from melanet import api
 from melanet.console import console
 from melanet.errors import MelanetError
 
@@ -47,7 +48,9 @@ def _folds_arg(folds: str | None) -> list[int] | None:
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug output.")] = False) -> None:
     _state["verbose"] = verbose
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from melanet.runtime import prepare_process
+
+    prepare_process()
 
 
 @app.command()
@@ -63,13 +66,8 @@ def synth(
     set_: SetOpt = None,
 ) -> None:
     """Write a synthetic DICOM cohort with known true probabilities."""
-    from melanet import synth as stage
-    from melanet.config import load_config
-
-    cfg = load_config(stage.SynthConfig, config, set_, extra={
-        "out_dir": str(out_dir), "patients": patients, "seed": seed, "image_size": image_size,
-        "prevalence": prevalence, "faults": faults or None, "grayscale_fraction": grayscale})
-    stage.run(cfg)
+    api.synth(out_dir, patients=patients, seed=seed, image_size=image_size, prevalence=prevalence, faults=faults,
+              grayscale=grayscale, config=config, set=set_)
 
 
 @app.command()
@@ -89,14 +87,9 @@ def ingest(
     set_: SetOpt = None,
 ) -> None:
     """Read a DICOM folder into a cohort table, an image cache and patient-grouped folds."""
-    from melanet import ingest as stage
-    from melanet.config import load_config
-
-    cfg = load_config(stage.IngestConfig, config, set_, extra={
-        "dicom_dir": str(dicom_dir), "out_dir": str(out), "labels": str(labels) if labels else None,
-        "label_key": label_key, "target": target, "folds": folds, "image_size": image_size,
-        "workers": workers, "reader": reader, "engine": engine, "scheduler": scheduler})
-    stage.run(cfg)
+    api.ingest(dicom_dir, out, labels=labels, label_key=label_key, target=target, folds=folds,
+               image_size=image_size, workers=workers, reader=reader, engine=engine, scheduler=scheduler,
+               config=config, set=set_)
 
 
 @app.command("train-fusion")
@@ -112,13 +105,8 @@ def train_fusion(
     track_uri: TrackUriOpt = None,
 ) -> None:
     """Train a timm CNN fused with a metadata MLP, k-fold, writing OOF and test predictions."""
-    from melanet.config import load_config
-    from melanet.train import fusion as stage
-
-    cfg = load_config(stage.FusionConfig, config, set_, extra={
-        "data_dir": str(data), "out_dir": str(out), "exclude": str(exclude) if exclude else None,
-        "track": track, "track_uri": track_uri})
-    stage.run(cfg, folds=_folds_arg(folds), resume=resume)
+    api.train_fusion(data, out, config=config, folds=_folds_arg(folds), resume=resume, exclude=exclude, track=track,
+                     track_uri=track_uri, set=set_)
 
 
 @app.command("train-gbdt")
@@ -137,22 +125,14 @@ def train_gbdt(
     track_uri: TrackUriOpt = None,
 ) -> None:
     """Train LightGBM/XGBoost on metadata (+ patient context) on the same folds."""
-    from melanet.config import load_config
-    from melanet.train import gbdt as stage
-
-    cfg = load_config(stage.GBDTConfig, config, set_, extra={
-        "data_dir": str(data), "out_dir": str(out), "engine": engine, "backend": backend, "scheduler": scheduler,
-        "with_oof": [str(p) for p in with_oof] if with_oof else None, "tune": tune,
-        "exclude": str(exclude) if exclude else None, "track": track, "track_uri": track_uri})
-    stage.run(cfg)
+    api.train_gbdt(data, out, config=config, engine=engine, backend=backend, scheduler=scheduler,
+                   with_oof=with_oof or None, tune=tune, exclude=exclude, track=track, track_uri=track_uri, set=set_)
 
 
 @app.command()
 def merge(run_dir: Annotated[Path, typer.Argument(help="A train-fusion run whose folds ran as separate jobs.")]) -> None:
     """Merge per-fold outputs into oof.parquet / test.parquet / metrics.json (refuses if a fold is missing)."""
-    from melanet.train import fusion as stage
-
-    stage.merge(run_dir)
+    api.merge(run_dir)
 
 
 @app.command()
@@ -166,13 +146,7 @@ def blend(
     track_uri: TrackUriOpt = None,
 ) -> None:
     """Blend runs' OOF and test predictions; report whether the blend beats each part."""
-    from melanet import blend as stage
-    from melanet.config import load_config
-
-    cfg = load_config(stage.BlendConfig, config, set_, extra={
-        "runs": [str(r) for r in runs], "out_dir": str(out), "method": method,
-        "track": track, "track_uri": track_uri})
-    stage.run(cfg)
+    api.blend(runs, out, method=method, config=config, track=track, track_uri=track_uri, set=set_)
 
 
 @app.command()
@@ -183,9 +157,7 @@ def predict(
     workers: Annotated[Optional[int], typer.Option(help="Ingest worker processes (0 = all cores).")] = None,
 ) -> None:
     """Apply a trained run to new DICOM files with the preprocessing it was trained with."""
-    from melanet import predict as stage
-
-    stage.run(run_dir, dicom_dir, out, workers=workers)
+    api.predict(run_dir, dicom_dir, out, workers=workers)
 
 
 @app.command()
@@ -196,28 +168,20 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """Run synth -> ingest -> train-fusion -> train-gbdt -> blend -> report on a synthetic cohort."""
-    from melanet import demo as stage
-    from melanet.config import load_config
-
-    cfg = load_config(stage.DemoConfig, config, set_, extra={"out_dir": str(out), "patients": patients})
-    stage.run(cfg)
+    api.demo(out, patients=patients, config=config, set=set_)
 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A fusion, gbdt or blend run folder.")]) -> None:
     """Write RUN_DIR/report.html: curves, calibration, per-fold metrics, error analysis."""
-    from melanet import report as stage
-
-    path = stage.run(run_dir)
+    path = api.report(run_dir)
     console.print(f"wrote {path}")
 
 
 @app.command()
 def eda(data_dir: Annotated[Path, typer.Argument(help="Data folder written by `melanet ingest`.")]) -> None:
     """Write DATA_DIR/eda.html: cohort overview, metadata, image thumbnails, duplicates."""
-    from melanet import eda as stage
-
-    path = stage.run(data_dir)
+    path = api.eda(data_dir)
     console.print(f"wrote {path}")
 
 
@@ -228,9 +192,7 @@ def suspects(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default RUN_DIR/suspects.csv).")] = None,
 ) -> None:
     """List labelled rows whose OOF prediction disagrees most confidently with the label."""
-    from melanet import suspects as stage
-
-    path = stage.run(run_dir, top=top, out=out)
+    path = api.suspects(run_dir, top=top, out=out)
     console.print(f"wrote {path}")
 
 

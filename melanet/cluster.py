@@ -3,8 +3,8 @@
 Either connect to a running scheduler by address, or start a
 ``dask.distributed.LocalCluster`` for the duration of the stage (handy on one
 big machine, and how the tests run). Dask is an optional dependency: without
-it the stage fails with a :class:`~melanet.errors.ConfigError` naming the
-extra to install.
+it the stage fails with a :class:`~melanet.errors.MissingDependencyError` naming
+the extra to install (:func:`melanet.optional.require`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from melanet.errors import ConfigError
+from melanet.optional import require
 
 
 @contextlib.contextmanager
@@ -25,10 +25,8 @@ def dask_client(scheduler: str | None, n_workers: int, threads_per_worker: int =
     cluster of ``n_workers`` worker processes with ``threads_per_worker``
     threads each. ``needed_by`` names the option in the missing-dependency error.
     """
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise ConfigError(f"{needed_by} needs dask.distributed; pip install 'melanet[scale]'") from None
+    distributed = require("dask.distributed", needed_by)
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
     with contextlib.ExitStack() as stack:
         if scheduler:
             client = stack.enter_context(Client(scheduler))

@@ -8,6 +8,7 @@ key with a YAML-parsed value; the resolved config is written into the run.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import yaml
@@ -99,19 +100,43 @@ def build_config(model_cls: type[C], data: dict[str, Any], source: str = "config
         raise ConfigError(f"invalid {source}: " + "; ".join(lines)) from None
 
 
+def nest_dotted(values: Mapping[str, Any], what: str = "override") -> dict[str, Any]:
+    """``{"model.use_meta": False, "train": {"epochs": 1}}`` -> nested dict; Python values kept as they are."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = str(key).strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{what} {key!r}: {part!r} is set both as a value and a section")
+        if isinstance(value, Mapping):
+            value = nest_dotted(value, what)
+            if isinstance(node.get(parts[-1]), dict):
+                value = deep_merge(node[parts[-1]], value)
+        node[parts[-1]] = value
+    return nested
+
+
 def load_config(
     model_cls: type[C],
-    path: str | Path | None = None,
+    path: str | Path | Mapping[str, Any] | None = None,
     overrides: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> C:
-    """Load a stage config: model defaults < YAML file < ``extra`` (CLI flags) < ``--set``.
+    """Load a stage config: model defaults < YAML file < ``extra`` (CLI flags) < ``values`` < ``--set``.
 
-    ``extra`` keys may be dotted (``"train.folds"``); ``None`` values are ignored so
-    that CLI flags left unset do not override the file.
+    ``path`` is a YAML file, a packaged config name, or a mapping (a config
+    already in memory). ``extra`` keys may be dotted (``"train.folds"``); ``None``
+    values are ignored so that CLI flags left unset do not override the file.
+    ``values`` are overrides from Python (``{"model.use_meta": False}``), dotted
+    or nested, taken as given (``None`` included).
     """
     data: dict[str, Any] = {}
     source = "config"
+    if isinstance(path, Mapping):
+        data, path, source = nest_dotted(path, "config key"), None, "config (dict)"
     if path is not None:
         resolved = resolve_config_path(path)
         source = str(resolved)
@@ -126,6 +151,8 @@ def load_config(
         flags = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                  for k, v in extra.items() if v is not None]
         data = deep_merge(data, parse_overrides(flags))
+    if values:
+        data = deep_merge(data, nest_dotted(values))
     data = deep_merge(data, parse_overrides(overrides))
     return build_config(model_cls, data, source)
 

@@ -48,6 +48,7 @@ from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console, progress
 from melanet.errors import DicomError, InputDataError, did_you_mean, unknown_choice
 from melanet.io import atomic_path, write_csv, write_json, write_parquet, write_text
+from melanet.optional import require
 
 # Only these suffixes are stripped from file names to make image_id: DICOM file
 # names are often UIDs ("1.2.840.113619.2.55.3") whose dots are not extensions.
@@ -255,8 +256,8 @@ def _run_dask(chunks: list[list], scheduler: str | None, workers: int, args: tup
     """The same per-chunk function on a Dask cluster (``scheduler`` address, or a local cluster)."""
     from melanet.cluster import dask_client
 
-    with dask_client(scheduler, workers, needed_by="--engine dask") as client:
-        from dask.distributed import as_completed
+    with dask_client(scheduler, workers, needed_by="ingest --engine dask") as client:
+        as_completed = require("dask.distributed", "ingest --engine dask").as_completed
 
         futures = [client.submit(_process_chunk, chunk, *args, pure=False) for chunk in chunks]
         for fut in as_completed(futures):

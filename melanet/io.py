@@ -18,9 +18,7 @@ from typing import Any
 import pandas as pd
 
 from melanet.errors import ArtifactError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from melanet.runtime import umask
 
 
 @contextlib.contextmanager
@@ -31,7 +29,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are shared like any file
+    os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes 0600; artifacts are shared like any file
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from melanet.errors import MissingDependencyError, unknown_choice
+from melanet.errors import unknown_choice
+from melanet.optional import require
 
 BACKENDS = ("none", "mlflow", "tensorboard")
 
@@ -49,10 +50,7 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 
 class MlflowTracker:
     def __init__(self, run_dir: Path, uri: str | None, params: dict[str, Any], experiment: str):
-        try:
-            import mlflow
-        except ImportError:
-            raise MissingDependencyError("--track mlflow needs mlflow; pip install mlflow-skinny") from None
+        mlflow = require_backend("mlflow")
         self._mlflow = mlflow
         if uri is None:  # recent MLflow refuses a plain file store unless asked for explicitly
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -76,10 +74,7 @@ class MlflowTracker:
 
 class TensorBoardTracker:
     def __init__(self, run_dir: Path, params: dict[str, Any]):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise MissingDependencyError("--track tensorboard needs tensorboard; pip install tensorboard") from None
+        SummaryWriter = require_backend("tensorboard").SummaryWriter
         self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         self._writer.add_text("config", "\n".join(f"{k}: {v}" for k, v in _flat(params).items()))
 
@@ -92,6 +87,20 @@ class TensorBoardTracker:
 
     def close(self) -> None:
         self._writer.close()
+
+
+#: Backend name -> (module to import, package that provides it).
+_MODULES = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("torch.utils.tensorboard", "tensorboard")}
+
+
+def require_backend(backend: str) -> Any:
+    """Check a backend name and import its module (None for ``none``); call before any work to fail early."""
+    if backend not in BACKENDS:
+        raise unknown_choice("tracking backend", backend, BACKENDS)
+    if backend not in _MODULES:
+        return None
+    module, package = _MODULES[backend]
+    return require(module, f"--track {backend}", package=package)
 
 
 def start_tracking(backend: str, run_dir: str | Path, uri: str | None = None,

@@ -46,7 +46,8 @@ from pydicom.uid import (UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Impli
 
 from melanet.dicom.meta import extract_meta
 from melanet.dicom.pixels import check_policy, to_uint8_rgb
-from melanet.errors import DicomError, unknown_choice
+from melanet.errors import DicomError, MissingDependencyError, unknown_choice
+from melanet.optional import require
 
 # JPEG start-of-frame markers -> the transfer syntax whose decoder reads that process.
 _JPEG_SOF = {0xC0: JPEGBaseline8Bit, 0xC1: JPEGExtended12Bit, 0xC2: JPEGExtended12Bit,
@@ -172,9 +173,9 @@ def read_sitk(path: Path, multiframe: str = "middle") -> DicomRecord:
 
 def _sitk_pixels(path: Path, ds: Dataset, multiframe: str) -> np.ndarray:
     try:
-        import SimpleITK as sitk
-    except ImportError as exc:
-        raise DicomError("the 'sitk' reader needs SimpleITK; pip install SimpleITK", stage="decoder") from exc
+        sitk = require("SimpleITK", "the 'sitk' reader")
+    except MissingDependencyError as exc:  # recorded per file like any decoder failure (ingest checks it first)
+        raise DicomError(str(exc), stage="decoder") from None
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")  # DICOM files often have no extension to pick the IO by
     reader.SetFileName(str(path))

@@ -29,11 +29,6 @@ import os
 import time
 import warnings
 from contextlib import nullcontext
-
-# OpenMP threads that spin while waiting turn a shared or oversubscribed CPU
-# (loader workers, a second job) into a 5-40x slowdown; sleeping waiters cost
-# a few percent on an idle machine. Read once, when torch loads, so set it before.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal

@@ -63,6 +63,7 @@ from melanet.config import StageConfig, config_from_run, config_to_yaml
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, did_you_mean, unknown_choice
 from melanet.io import read_json, write_csv, write_json, write_text
+from melanet.optional import require
 from melanet.runs import (RunDir, read_exclude, TargetSpec, evaluate, merge_folds, predictions_frame, read_run,
                           resolve_target, spec_from_metrics)
 from melanet.tracking import BACKENDS, start_tracking
@@ -85,7 +86,7 @@ def dask_frames(client: Any, X: pd.DataFrame, y: np.ndarray) -> tuple[Any, Any]:
     interfaces require that); :func:`apply_schema` already fixed them from the
     whole table.
     """
-    import dask.dataframe as dd
+    dd = require("dask.dataframe", "train-gbdt backend: dask")
 
     n_partitions = max(1, min(len(client.nthreads()), len(X)))
     frame = dd.from_pandas(X.assign(**{_DASK_LABEL: np.asarray(y)}).reset_index(drop=True), npartitions=n_partitions)
@@ -598,7 +599,7 @@ def backend_client(cfg: GBDTConfig, n_jobs: int) -> Iterator[Any]:
         return
     from melanet.cluster import dask_client
 
-    with dask_client(cfg.scheduler, cfg.dask_workers, n_jobs // cfg.dask_workers, needed_by="backend: dask") as client:
+    with dask_client(cfg.scheduler, cfg.dask_workers, n_jobs // cfg.dask_workers, needed_by="train-gbdt backend: dask") as client:
         yield client
 
 
@@ -793,7 +794,7 @@ def tune_params(X: pd.DataFrame, y: np.ndarray, rows: pd.DataFrame, groups: np.n
 
     Trials run one after another; with a Dask ``client`` each fold model of a trial boosts on the cluster.
     """
-    import optuna
+    optuna = require("optuna", "train-gbdt --tune")
 
     engine = get_engine(cfg.engine)
     base = engine_params(cfg)
