@@ -6,3 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MELANET_PSEUDONYM_KEY", "melanet-tests")
+
+from melanet.runtime import prepare_process  # noqa: E402 - the settings the CLI and the API make, before torch loads
+
+prepare_process()
