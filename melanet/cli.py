@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from melanet import api
 from melanet.console import console
@@ -203,7 +204,8 @@ def main() -> None:
     except MelanetError as exc:
         if _state["verbose"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # escaped: a message is plain text ("melanet[scale]", "--set x=[16,8]"), not console markup
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
