@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,9 +110,7 @@ def embedded_pngs(text: str) -> int:
 
 
 def test_report_sections_and_embedded_images(run_dir):
-    start = time.perf_counter()
     path = report.run(run_dir)
-    elapsed = time.perf_counter() - start
     text = path.read_text()
     assert path == run_dir / "report.html"
     for sid in ("summary", "metrics", "curves", "calibration", "errors", "subgroups", "training", "importance"):
@@ -130,7 +127,6 @@ def test_report_sections_and_embedded_images(run_dir):
     assert re.search(rf"<td>actual positive</td>\s*<td>{op['fn']}</td>\s*<td>{op['tp']}</td>", text)
     # subgroup counts add up to every labelled image, per variable
     assert "age_bin" in text and "head/neck" in text
-    assert elapsed < 20  # ~2 s on an idle core; generous for a shared CI box
 
 
 def test_report_for_rank_blend_follows_first_input(run_dir, tmp_path):
