@@ -235,7 +235,14 @@ def suspects(
 
 
 def main() -> None:
-    """Console-script entry point: user errors print one message, no traceback."""
+    """Console-script entry point: user errors print one message, no traceback.
+
+    Ctrl-C (SIGINT) and SIGTERM end the command after its clean-up (worker processes
+    stopped, half-written files removed) with one line and exit 130 / 143.
+    """
+    from melanet.processes import Interrupted, install_interrupt_handlers
+
+    install_interrupt_handlers()
     try:
         app()
     except MelanetError as exc:
@@ -243,6 +250,7 @@ def main() -> None:
             console.print_exception()
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        code = getattr(exc, "exit_code", 130)
+        console.print(f"[yellow]interrupted[/] by {exc or 'SIGINT'}; re-run the command to finish", highlight=False)
+        sys.exit(code)

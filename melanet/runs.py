@@ -78,7 +78,7 @@ def resolve_target(labels: pd.Series, column: str, positive_class: str | None = 
     from melanet.targets import target_kind
 
     kind, classes, positive = target_kind(labels, column, target_type, positive_class,
-                                          where=f"cohort column {column!r}")
+                                          where="cohort.parquet")
     if kind == "binary":
         return TargetSpec(column=column)
     return TargetSpec(column=column, classes=classes, positive_class=positive)
