@@ -85,6 +85,9 @@ def ingest(
     reader: Annotated[Optional[str], typer.Option(help="DICOM reader: pydicom or sitk.")] = None,
     engine: Annotated[Optional[str], typer.Option(help="Execution engine: local or dask.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (with --engine dask).")] = None,
+    positive_class: Annotated[Optional[str], typer.Option(help="Binarise the target: this value is 1, any other 0 (e.g. yes, melanoma).")] = None,
+    keep_columns: Annotated[Optional[str], typer.Option(help="Comma-separated label columns to keep although they look like identifiers.")] = None,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links to files outside DICOM_DIR.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -95,7 +98,9 @@ def ingest(
     cfg = load_config(stage.IngestConfig, config, set_, extra={
         "dicom_dir": str(dicom_dir), "out_dir": str(out), "labels": str(labels) if labels else None,
         "label_key": label_key, "target": target, "folds": folds, "image_size": image_size,
-        "workers": workers, "reader": reader, "engine": engine, "scheduler": scheduler})
+        "workers": workers, "reader": reader, "engine": engine, "scheduler": scheduler,
+        "positive_class": positive_class, "follow_symlinks": follow_symlinks or None,
+        "keep_columns": [c.strip() for c in keep_columns.split(",") if c.strip()] if keep_columns else None})
     stage.run(cfg)
 
 
