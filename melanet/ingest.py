@@ -469,7 +469,7 @@ def run(cfg: IngestConfig) -> IngestResult:
     prepared = None
     if cfg.labels:
         protected = [cfg.fold_column] if cfg.fold_column else []
-        prepared = prepare_labels(read_labels(Path(cfg.labels)), cfg.label_key, cfg.target,
+        prepared = prepare_labels(read_labels(Path(cfg.labels), cfg.label_key), cfg.label_key, cfg.target,
                                   target_type=cfg.target_type, positive_class=cfg.positive_class,
                                   keep_columns=cfg.keep_columns, protected=protected,
                                   where=f"labels table {cfg.labels}")

@@ -41,13 +41,15 @@ def image_id_for(rel_path: str) -> str:
     return path.as_posix()
 
 
-def read_labels(path: Path) -> pd.DataFrame:
-    """Read a labels table (CSV, TSV or parquet); all columns kept."""
+def read_labels(path: Path, key: str | None = None) -> pd.DataFrame:
+    """Read a labels table (CSV, TSV or parquet); all columns kept, the ``key`` column (default: the first) as text."""
     if not path.is_file():
         raise InputDataError(f"labels table {path} not found; pass --labels with an existing CSV or parquet file")
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
+        if key is not None and key in pd.read_csv(path, sep=None, engine="python", nrows=0).columns:
+            return pd.read_csv(path, sep=None, engine="python", dtype={key: str})
         return pd.read_csv(path, sep=None, engine="python", dtype={0: str})
     except Exception as exc:
         raise InputDataError(f"cannot read labels table {path}: {exc}") from None
