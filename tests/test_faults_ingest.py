@@ -226,10 +226,11 @@ def test_eda_files_belong_to_the_run(src, tmp_path):
 
 # --------------------------------------------------------------------------- killed processes
 
-def _spawn_ingest(src: Path, out: Path, labels: Path, workers: int = 2) -> subprocess.Popen:
+def _spawn_ingest(src: Path, out: Path, labels: Path, workers: int = 2, image_size: int = 32) -> subprocess.Popen:
+    """``melanet ingest`` in a child process (an ``image_size`` not cached yet keeps its workers busy)."""
     return subprocess.Popen(
         [sys.executable, "-m", "melanet", "ingest", str(src / "dicom"), "--out", str(out), "--labels", str(labels),
-         "--folds", "2", "--image-size", "32", "--workers", str(workers), "--set", "eda=false",
+         "--folds", "2", "--image-size", str(image_size), "--workers", str(workers), "--set", "eda=false",
          "--set", "chunk_size=1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "COLUMNS": "400"})
@@ -264,7 +265,7 @@ def _gone(children, timeout: float = 10.0) -> bool:
 @pytest.fixture(scope="module")
 def big_src(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bigsynth")
-    synth.run(synth.SynthConfig(out_dir=out, patients=30, image_size=96, seed=11))
+    synth.run(synth.SynthConfig(out_dir=out, patients=20, image_size=96, seed=11))
     return out
 
 
@@ -276,9 +277,9 @@ def test_kill_9_leaves_no_workers_and_never_mixes_runs(big_src, tmp_path):
     counts = {"labels.csv": int((read_cohort(tmp_path / "full")["fold"] >= 0).sum()),
               half.name: int((read_cohort(data)["fold"] >= 0).sum())}
     assert counts["labels.csv"] != counts[half.name]
-    for delay in (0.0, 0.3, 0.8):
+    for delay, size in ((0.0, 40), (0.6, 48)):
         (data / "images" / ".planted.npy.x1.tmp").write_bytes(b"partial")
-        proc = _spawn_ingest(big_src, data, big_src / "labels.csv")
+        proc = _spawn_ingest(big_src, data, big_src / "labels.csv", image_size=size)
         children = _workers_of(proc, 2)
         time.sleep(delay)
         proc.kill()
