@@ -421,3 +421,30 @@ def test_symlinks_followed_only_inside_the_folder(tmp_path):
     ingest.run(ingest.IngestConfig(dicom_dir=folder, out_dir=out, image_size=16, eda=False, workers=1,
                                    follow_symlinks=True))
     assert {"link_out", "dir_out/secret"} <= set(read_cohort(out)["image_id"])
+
+
+def test_predict_reads_the_key_writes_none_and_leaves_no_temp_folder(src, tmp_path, monkeypatch):
+    import tempfile
+
+    from melanet import predict
+    from melanet.config import load_config
+    from melanet.train import gbdt
+
+    monkeypatch.delenv("MELANET_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    data = tmp_path / "data"
+    ingest.run(_cfg(src, data))
+    run = tmp_path / "gbdt"
+    gbdt.run(load_config(gbdt.GBDTConfig, "gbdt", ["num_boost_round=20", "early_stopping_rounds=null", "lightgbm.num_leaves=4",
+                                                   "lightgbm.min_data_in_leaf=2", "n_jobs=1", "report=false"],
+                         extra={"data_dir": str(data), "out_dir": str(run)}))
+    key_file = tmp_path / "config" / "melanet" / "pseudonym_key"
+    key_before = key_file.read_bytes()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = _digest(data)
+    pred = predict.run(run, src / "dicom", tmp_path / "pred.csv", workers=1)
+    assert len(pred) == len(read_cohort(data))
+    assert not list((tmp_path / "tmp").iterdir())  # decoded images and headers removed
+    assert _digest(data) == before and not (data / ".pseudonym_key").exists()
+    assert key_file.read_bytes() == key_before
