@@ -128,7 +128,9 @@ def synth(out_dir: PathLike, *, patients: int | None = None, seed: int | None = 
 def ingest(dicom_dir: PathLike, out: PathLike, *, labels: PathLike | None = None, label_key: str | None = None,
            target: str | None = None, folds: int | None = None, image_size: int | None = None,
            workers: int | None = None, reader: str | None = None, engine: str | None = None,
-           scheduler: str | None = None, config: ConfigArg = None, set: Iterable[str] | None = None,
+           scheduler: str | None = None, positive_class: str | None = None,
+           keep_columns: Iterable[str] | None = None, follow_symlinks: bool | None = None,
+           config: ConfigArg = None, set: Iterable[str] | None = None,
            overrides: Mapping[str, Any] | None = None, **options: Any) -> Cohort:
     """Read a DICOM folder into ``out``: cohort table, image cache, patient-grouped folds (``melanet ingest``).
 
@@ -145,7 +147,8 @@ def ingest(dicom_dir: PathLike, out: PathLike, *, labels: PathLike | None = None
     cfg = _config(stage.IngestConfig, config, set, {
         "dicom_dir": dicom_dir, "out_dir": out, "labels": labels, "label_key": label_key, "target": target,
         "folds": folds, "image_size": image_size, "workers": workers, "reader": reader, "engine": engine,
-        "scheduler": scheduler}, overrides, options)
+        "scheduler": scheduler, "positive_class": positive_class, "follow_symlinks": follow_symlinks,
+        "keep_columns": list(keep_columns) if keep_columns is not None else None}, overrides, options)
     from melanet.optional import require
 
     if cfg.engine == "dask":

@@ -84,12 +84,17 @@ def ingest(
     reader: Annotated[Optional[str], typer.Option(help="DICOM reader: pydicom or sitk.")] = None,
     engine: Annotated[Optional[str], typer.Option(help="Execution engine: local or dask.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (with --engine dask).")] = None,
+    positive_class: Annotated[Optional[str], typer.Option(help="Binarise the target: this value is 1, any other 0 (e.g. yes, melanoma).")] = None,
+    keep_columns: Annotated[Optional[str], typer.Option(help="Comma-separated label columns to keep although they look like identifiers.")] = None,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links to files outside DICOM_DIR.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Read a DICOM folder into a cohort table, an image cache and patient-grouped folds."""
     api.ingest(dicom_dir, out, labels=labels, label_key=label_key, target=target, folds=folds,
                image_size=image_size, workers=workers, reader=reader, engine=engine, scheduler=scheduler,
+               positive_class=positive_class, follow_symlinks=follow_symlinks or None,
+               keep_columns=[c.strip() for c in keep_columns.split(",") if c.strip()] if keep_columns else None,
                config=config, set=set_)
 
 
@@ -198,7 +203,14 @@ def suspects(
 
 
 def main() -> None:
-    """Console-script entry point: user errors print one message, no traceback."""
+    """Console-script entry point: user errors print one message, no traceback.
+
+    Ctrl-C (SIGINT) and SIGTERM end the command after its clean-up (worker processes
+    stopped, half-written files removed) with one line and exit 130 / 143.
+    """
+    from melanet.processes import Interrupted, install_interrupt_handlers
+
+    install_interrupt_handlers()
     try:
         app()
     except MelanetError as exc:
@@ -207,6 +219,7 @@ def main() -> None:
         # escaped: a message is plain text ("melanet[scale]", "--set x=[16,8]"), not console markup
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        code = getattr(exc, "exit_code", 130)
+        console.print(f"[yellow]interrupted[/] by {exc or 'SIGINT'}; re-run the command to finish", highlight=False)
+        sys.exit(code)

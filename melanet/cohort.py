@@ -12,6 +12,8 @@ from melanet.io import read_table
 
 COHORT_FILE = "cohort.parquet"
 ERRORS_FILE = "ingest_errors.csv"
+# Present only while (or if killed while) an ingest swaps its files in: see melanet.ingest_write.
+INGEST_JOURNAL = ".ingest-commit.json"
 
 # Column order of cohort.parquet before the labels-table columns and ``fold``.
 DICOM_COLUMNS = [
@@ -24,6 +26,9 @@ REQUIRED_COLUMNS = DICOM_COLUMNS + ["fold"]
 def read_cohort(data_dir: str | Path) -> pd.DataFrame:
     """Read and validate ``DATA_DIR/cohort.parquet`` written by ``melanet ingest``."""
     path = Path(data_dir) / COHORT_FILE
+    if (Path(data_dir) / INGEST_JOURNAL).is_file():
+        raise ArtifactError(f"{data_dir}: an ingest was stopped while replacing its files, so they may come from "
+                            f"two runs; re-run `melanet ingest ... --out {data_dir}` (it completes the swap first)")
     if not path.is_file():
         raise ArtifactError(
             f"{path} not found; run `melanet ingest DICOM_DIR --out {data_dir}` first"

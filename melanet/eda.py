@@ -530,13 +530,19 @@ def render(data_dir: str | Path, cohort: pd.DataFrame, cfg: EDAConfig, scan: Ima
     return plots.html_page(f"melanet EDA: {data_dir.resolve().name}", sections)
 
 
-def run(data_dir: str | Path, cfg: EDAConfig | None = None) -> Path:
-    """Write ``DATA_DIR/eda.html`` and ``DATA_DIR/duplicates.csv``; return the HTML path."""
+def run(data_dir: str | Path, cfg: EDAConfig | None = None, cohort: pd.DataFrame | None = None,
+        out_dir: str | Path | None = None) -> Path:
+    """Write ``eda.html`` and ``duplicates.csv`` into ``out_dir`` (default DATA_DIR); return the HTML path.
+
+    ``cohort`` (default: DATA_DIR's ``cohort.parquet``) lets ingest write the page of a
+    cohort it has not swapped in yet; images are read from DATA_DIR either way.
+    """
     cfg = cfg or EDAConfig()
     data_dir = Path(data_dir)
-    cohort = read_cohort(data_dir).reset_index(drop=True)
+    out_dir = Path(out_dir) if out_dir is not None else data_dir
+    cohort = (read_cohort(data_dir) if cohort is None else cohort).reset_index(drop=True)
     classes = class_labels(cohort, cfg.target)
     scan = scan_images(data_dir, cohort, classes)
     dups = find_duplicates(cohort, scan.hashes, cfg.max_hash_distance, valid=scan.valid, target=cfg.target)
-    write_csv(data_dir / DUPLICATES_FILE, dups)
-    return write_text(data_dir / EDA_FILE, render(data_dir, cohort, cfg, scan, dups))
+    write_csv(out_dir / DUPLICATES_FILE, dups)
+    return write_text(out_dir / EDA_FILE, render(data_dir, cohort, cfg, scan, dups))

@@ -9,11 +9,15 @@ Outputs in DATA_DIR (DESIGN.md "Ingest"):
 - ``labels_report.csv``: labels that matched no image, or matched a file that failed;
 - ``ingest_summary.json``: counts and timings;
 - ``cohort_parts/part-<i>.parquet`` (``--engine dask`` only): the decoded header rows, written
-  every ``part_rows`` rows as they arrive, before de-duplication, labels and folds. A run that
-  dies midway leaves its finished parts, and the parts are a dataset a Dask job can read;
-  ``cohort.parquet`` remains the table every stage reads.
+  every ``part_rows`` rows as they arrive, before de-duplication, labels and folds; the parts
+  are a dataset a Dask job can read; ``cohort.parquet`` remains the table every stage reads.
 
-Every regular file under DICOM_DIR is seen: files seen = rows + error rows.
+These files (and ``eda.html``, ``duplicates.csv``) are one set, replaced all at once
+(:mod:`melanet.ingest_write`): they never come from two runs, and a run that fails or finds
+nothing usable leaves an existing DATA_DIR untouched. The labels table is checked before any
+pixel is decoded (:mod:`melanet.labels`). Every regular file under DICOM_DIR is seen: files
+seen = rows + error rows; symbolic links out of DICOM_DIR are error rows unless
+``follow_symlinks``. Identifiers leave only as keyed pseudonyms (:mod:`melanet.privacy`).
 
 The cache is content-addressed (sha256 of the file) under a folder named by the
 pixel settings, with the header columns in a ``.json`` beside each ``.npy``, so a
@@ -26,13 +30,11 @@ again and several times faster than PNG.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
-import secrets
+import shutil
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,18 +45,21 @@ import pandas as pd
 from pydantic import Field
 from sklearn.model_selection import StratifiedGroupKFold
 
+from melanet import ingest_write, privacy
 from melanet.cohort import COHORT_FILE, DICOM_COLUMNS, ERRORS_FILE
 from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console, progress
-from melanet.errors import DicomError, InputDataError, did_you_mean, unknown_choice
+from melanet.errors import DicomError, InputDataError, unknown_choice
 from melanet.io import atomic_path, write_csv, write_json, write_parquet, write_text
 from melanet.optional import require
+from melanet.labels import (DICOM_SUFFIXES, EMPTY_TARGET, image_id_for, join_labels, precheck_keys,  # noqa: F401
+                            prepare_labels, read_labels)
+from melanet.privacy import pseudonymise  # noqa: F401  (re-exported: melanet.ingest.pseudonymise)
+from melanet.processes import imap_unordered
 
-# Only these suffixes are stripped from file names to make image_id: DICOM file
-# names are often UIDs ("1.2.840.113619.2.55.3") whose dots are not extensions.
-DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
+# DICOM_SUFFIXES (melanet.labels): only these suffixes are stripped from file names to make image_id:
+# DICOM file names are often UIDs ("1.2.840.113619.2.55.3") whose dots are not extensions.
 ENGINES = ("local", "dask")
-KEY_FILE = ".pseudonym_key"
 PARTS_DIR = "cohort_parts"
 # Column types of the decoded rows; the other DICOM columns are text.
 INT_COLUMNS = ("rows", "cols", "frames", "bits_stored")
@@ -85,6 +90,13 @@ class IngestConfig(StageConfig):
     engine: str = Field("local", description="local (processes) or dask.")
     scheduler: str | None = Field(None, description="Dask scheduler address; none = a local cluster.")
     eda: bool = Field(True, description="Write DATA_DIR/eda.html after ingest.")
+    target_type: Literal["auto", "binary", "multiclass"] = Field(
+        "auto", description="auto/binary: the target must be 0/1 (or positive_class given); multiclass: any values.")
+    positive_class: str | None = Field(None, description="Binarise the target: this value -> 1, others -> 0 "
+                                                          "(the original values kept in <target>_original).")
+    keep_columns: list[str] = Field(default_factory=list, description="Label columns to keep although their "
+                                                                      "names look like direct identifiers.")
+    follow_symlinks: bool = Field(False, description="Follow symbolic links to files outside dicom_dir.")
 
     def pixel_settings(self) -> dict[str, Any]:
         """The settings that change cached pixels (predict reuses them)."""
@@ -108,33 +120,59 @@ class IngestResult:
 
 # --------------------------------------------------------------------------- pure helpers
 
-def list_files(dicom_dir: Path, exclude: Path | None = None) -> list[Path]:
-    """Every regular file under ``dicom_dir`` (any extension), sorted; ``exclude`` subtree skipped."""
+def scan_folder(dicom_dir: Path, exclude: Path | None = None,
+                follow_symlinks: bool = False) -> tuple[list[Path], list[dict[str, str]]]:
+    """Every regular file under ``dicom_dir`` (any extension, sorted) and an error row for each entry skipped.
+
+    A symbolic link is followed when its target lies inside ``dicom_dir`` (or
+    always, with ``follow_symlinks``); a link out of the folder, a broken link
+    and a special file (FIFO, socket, device) become ``{"path", "stage",
+    "error"}`` rows, so that files seen = rows + error rows. A folder reached
+    twice (a link loop) is read once; the ``exclude`` subtree is skipped.
+    """
+    dicom_dir = Path(dicom_dir)
+    root = dicom_dir.resolve()
     exclude = exclude.resolve() if exclude is not None else None
-    files = []
-    for root, dirs, names in os.walk(dicom_dir):
-        root_path = Path(root)
-        if exclude is not None:
-            dirs[:] = [d for d in dirs if (root_path / d).resolve() != exclude]
-        dirs.sort()
-        for name in sorted(names):
-            path = root_path / name
-            if path.is_file():
+    files: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    seen = {root}
+    stack = [dicom_dir]
+
+    def skip(path: Path, stage: str, error: str) -> None:
+        skipped.append({"path": path.relative_to(dicom_dir).as_posix(), "stage": stage, "error": error})
+
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skip(folder, "read", f"cannot list folder: {exc.strerror}")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            real = Path(os.path.realpath(path))
+            if entry.is_symlink():
+                if not real.exists():
+                    skip(path, "symlink", f"broken symbolic link (to {os.readlink(path)}); skipped")
+                    continue
+                if not (real == root or real.is_relative_to(root)) and not follow_symlinks:
+                    skip(path, "symlink", f"symbolic link to {real}, outside the DICOM folder; skipped "
+                                          f"(pass --follow-symlinks to read it)")
+                    continue
+            if real.is_dir():
+                if real not in seen and real != exclude:
+                    seen.add(real)
+                    stack.append(path)
+            elif real.is_file():
                 files.append(path)
-    return files
+            else:
+                skip(path, "read", "not a regular file (FIFO, socket or device); skipped")
+    return sorted(files, key=lambda p: p.relative_to(dicom_dir).as_posix()), skipped
 
 
-def image_id_for(rel_path: str) -> str:
-    """``image_id`` of a file: its POSIX path relative to DICOM_DIR, DICOM suffix removed."""
-    path = Path(rel_path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        path = path.with_suffix("")
-    return path.as_posix()
-
-
-def pseudonymise(raw: str, key: bytes) -> str:
-    """Keyed hash (HMAC-SHA256) of an identifier: stable for one key, not reversible without it."""
-    return "pt_" + hmac.new(key, raw.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+def list_files(dicom_dir: Path, exclude: Path | None = None) -> list[Path]:
+    """Every regular file under ``dicom_dir`` that :func:`scan_folder` reads, sorted."""
+    return scan_folder(dicom_dir, exclude)[0]
 
 
 def resize_square(pixels: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
@@ -178,19 +216,20 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
     Pure apart from writing the cache entry; safe in a worker process or on a Dask
     worker. A cache entry is the image (``<sha>.npy``) plus its header columns
     (``<sha>.json``); when both exist for the same settings and key the file is not
-    decoded again.
+    decoded again. Identifiers leave as keyed pseudonyms only (PatientID,
+    SOPInstanceUID; :mod:`melanet.privacy`); error messages name the file by ``rel``.
     """
     from melanet.dicom.readers import read_dicom
 
     try:
         sha = _sha256(path)
     except OSError as exc:
-        return {"error": {"path": rel, "stage": "read", "error": f"cannot read file: {exc}"}}
+        return {"error": {"path": rel, "stage": "read", "error": f"cannot read file: {exc.strerror or exc}"}}
     image_path = f"images/{settings_tag(settings)}/{sha[:2]}/{sha}.npy"
     cache_file = out_dir / image_path
     sidecar = cache_file.with_suffix(".json")
     image_id = image_id_for(rel)
-    key_id = hashlib.sha256(key).hexdigest()[:12]
+    key_id = privacy.key_id(key)
     if cache_file.is_file() and sidecar.is_file():
         cached = json.loads(sidecar.read_text())
         if cached.pop("key_id", None) == key_id:
@@ -198,9 +237,10 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
     try:
         rec = read_dicom(path, reader=settings["reader"], multiframe=settings["multiframe"])
     except DicomError as exc:
-        return {"error": {"path": rel, "stage": exc.stage, "error": str(exc)}}
+        return {"error": {"path": rel, "stage": exc.stage, "error": str(exc).replace(str(path), rel)}}
     except Exception as exc:  # a reader bug must not lose the file: record it with its type
-        return {"error": {"path": rel, "stage": "decode", "error": f"{type(exc).__name__}: {exc}"}}
+        return {"error": {"path": rel, "stage": "decode",
+                          "error": f"{type(exc).__name__}: {exc}".replace(str(path), rel)}}
     image = resize_square(rec.pixels, settings["image_size"], settings["resize"])
     with atomic_path(cache_file) as tmp:
         with open(tmp, "wb") as fh:
@@ -213,7 +253,8 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
     else:  # no PatientID: each study (else each image) stands for its own patient
         patient = pseudonymise(f"study:{study_uid or meta.get('sop_instance_uid') or sha}", key)
     row = {col: meta.get(col) for col in DICOM_COLUMNS}
-    row.update(image_id=image_id, patient_id=patient, sha256=sha, image_path=image_path)
+    row.update(image_id=image_id, patient_id=patient, sha256=sha, image_path=image_path,
+               sop_instance_uid=privacy.pseudonymise_uid(meta.get("sop_instance_uid"), key))
     header = {k: v for k, v in row.items() if k not in ("image_id", "image_path")}
     write_text(sidecar, json.dumps({**header, "key_id": key_id}, default=_jsonable))
     return {"row": row, "skipped": False}
@@ -234,22 +275,16 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def _run_local(chunks: list[list], workers: int, args: tuple) -> Iterator[list[dict]]:
-    """Yield chunk results as they finish; at most ``4 * workers`` chunks in flight (flat memory)."""
+    """Yield chunk results as they finish; at most ``4 * workers`` chunks in flight (flat memory).
+
+    The workers die with this process and are killed, not waited for, when it
+    stops early (:func:`melanet.processes.imap_unordered`).
+    """
     if workers <= 1:
         for chunk in chunks:
             yield _process_chunk(chunk, *args)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        pending: set = set()
-        todo = iter(chunks)
-        for chunk in todo:
-            pending.add(pool.submit(_process_chunk, chunk, *args))
-            if len(pending) >= 4 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield fut.result()
-        for fut in pending:
-            yield fut.result()
+    yield from imap_unordered(_process_chunk, ((chunk, *args) for chunk in chunks), workers)
 
 
 def _run_dask(chunks: list[list], scheduler: str | None, workers: int, args: tuple) -> Iterator[list[dict]]:
@@ -266,79 +301,6 @@ def _run_dask(chunks: list[list], scheduler: str | None, workers: int, args: tup
 
 
 # --------------------------------------------------------------------------- labels and folds
-
-def read_labels(path: Path) -> pd.DataFrame:
-    """Read a labels table (CSV, TSV or parquet); all columns kept."""
-    if not path.is_file():
-        raise InputDataError(f"labels table {path} not found; pass --labels with an existing CSV or parquet file")
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep=None, engine="python", dtype={0: str})
-    except Exception as exc:
-        raise InputDataError(f"cannot read labels table {path}: {exc}") from None
-
-
-def join_labels(cohort: pd.DataFrame, labels: pd.DataFrame, key: str, target: str,
-                failed_ids: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Attach label columns to the cohort; return (cohort, report of labels that matched no row).
-
-    A label's key may be the image_id, the relative path with its extension, the
-    file name stem, or the SOPInstanceUID. Columns the cohort already has (e.g.
-    ``site``) fill missing values only: DICOM header values win.
-    """
-    if key not in labels.columns:
-        raise InputDataError(
-            f"labels table has no key column {key!r}{did_you_mean(key, labels.columns)}; "
-            f"its columns are {list(labels.columns)}; pass --label-key")
-    if target not in labels.columns:
-        raise InputDataError(
-            f"labels table has no target column {target!r}{did_you_mean(target, labels.columns)}; "
-            f"its columns are {list(labels.columns)}; pass --target")
-    keys = labels[key].astype(str).str.strip()
-    if keys.duplicated().any():
-        raise InputDataError(f"labels table: key {keys[keys.duplicated()].iloc[0]!r} appears twice in "
-                             f"column {key!r}; keep one row per image")
-    if "fold" in labels.columns:
-        labels = labels.rename(columns={"fold": "label_fold"})
-    lookup: dict[str, int] = {}
-    ambiguous: set[str] = set()
-    stems = cohort["image_id"].str.rsplit("/", n=1).str[-1]
-    for candidates in (stems, cohort["sop_instance_uid"].astype(str)):
-        for i, value in enumerate(candidates):
-            if value in lookup and lookup[value] != i:
-                ambiguous.add(value)
-            lookup.setdefault(value, i)
-    for i, value in enumerate(cohort["image_id"]):  # exact ids beat stems
-        lookup[value] = i
-        ambiguous.discard(value)
-    rel_with_ext = {f"{iid}{ext}": i for i, iid in enumerate(cohort["image_id"]) for ext in DICOM_SUFFIXES}
-    matched_row = []
-    for value in keys:
-        if value in ambiguous:
-            raise InputDataError(f"labels key {value!r} matches several images (same file name in different "
-                                 f"folders); key the labels table by the relative path instead")
-        matched_row.append(lookup.get(value, rel_with_ext.get(value, rel_with_ext.get(value.lower(), -1))))
-    matched_row = np.asarray(matched_row)
-    report = pd.DataFrame({"key": keys[matched_row < 0].to_numpy()})
-    failed_ids = failed_ids or {}
-    report["status"] = ["label_for_failed_file" if image_id_for(k) in failed_ids or k in failed_ids
-                        else "label_without_image" for k in report["key"]]
-    extra_cols = [c for c in labels.columns if c != key]
-    joined = labels.loc[matched_row >= 0, extra_cols].copy()
-    joined.index = cohort.index[matched_row[matched_row >= 0]]
-    if joined.index.duplicated().any():
-        raise InputDataError("two label rows match the same image (e.g. by stem and by SOPInstanceUID); "
-                             "keep one label per image")
-    out = cohort.copy()
-    for col in extra_cols:
-        values = joined[col].reindex(out.index)
-        if col in out.columns:
-            out[col] = out[col].where(out[col].notna(), values)
-        else:
-            out[col] = values
-    return out, report
-
 
 def assign_folds(cohort: pd.DataFrame, target: str, n_folds: int, seed: int) -> np.ndarray:
     """StratifiedGroupKFold fold per row (grouped by patient_id); -1 where ``target`` is missing."""
@@ -379,42 +341,57 @@ def folds_from_column(cohort: pd.DataFrame, column: str) -> np.ndarray:
 # --------------------------------------------------------------------------- runner
 
 def load_key(out_dir: Path) -> bytes:
-    """The pseudonymisation key: $MELANET_PSEUDONYM_KEY, else DATA_DIR/.pseudonym_key (made once)."""
-    env = os.environ.get("MELANET_PSEUDONYM_KEY")
-    if env:
-        return env.encode()
-    path = out_dir / KEY_FILE
-    if not path.is_file():
-        write_text(path, secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip().encode()
+    """The pseudonymisation key (:func:`melanet.privacy.load_key`: kept outside the data folder)."""
+    return privacy.load_key(out_dir, create=True)
 
 
-def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "ingest") -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
-    """Decode every file under ``cfg.dicom_dir`` into (rows, errors, files seen, skipped)."""
+def check_inputs(cfg: IngestConfig) -> None:
+    """Reader and engine names known, DICOM folder a folder, out_dir not a file: before anything is written."""
     from melanet.dicom.readers import READERS
 
     if cfg.reader not in READERS:
         raise unknown_choice("reader", cfg.reader, READERS)
     if cfg.engine not in ENGINES:
         raise unknown_choice("engine", cfg.engine, ENGINES)
+    if not Path(cfg.dicom_dir).is_dir():
+        raise InputDataError(f"DICOM folder {cfg.dicom_dir} does not exist or is not a folder; check the path")
+    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        raise InputDataError(f"--out {cfg.out_dir} is a file; give a folder for the data (it is made if missing)")
+
+
+def scan_inputs(cfg: IngestConfig, out_dir: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """:func:`scan_folder` of ``cfg.dicom_dir`` with its settings (``out_dir`` left out when inside it)."""
     dicom_dir = Path(cfg.dicom_dir)
-    if not dicom_dir.is_dir():
-        raise InputDataError(f"DICOM folder {dicom_dir} does not exist or is not a folder")
-    files = list_files(dicom_dir, exclude=out_dir if out_dir.resolve().is_relative_to(dicom_dir.resolve()) else None)
+    inside = out_dir.resolve().is_relative_to(dicom_dir.resolve())
+    return scan_folder(dicom_dir, exclude=out_dir if inside else None, follow_symlinks=cfg.follow_symlinks)
+
+
+def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "ingest",
+                  scan: tuple[list[Path], list[dict]] | None = None,
+                  parts_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+    """Decode every file under ``cfg.dicom_dir`` into (rows, errors, files seen, skipped).
+
+    ``scan`` is a :func:`scan_inputs` result already made; ``parts_dir`` is where
+    ``--engine dask`` writes its parts (default ``out_dir/cohort_parts``).
+    """
+    check_inputs(cfg)
+    dicom_dir = Path(cfg.dicom_dir)
+    files, skipped_entries = scan if scan is not None else scan_inputs(cfg, out_dir)
     items = [(str(p), p.relative_to(dicom_dir).as_posix()) for p in files]
     workers = cfg.workers or os.cpu_count() or 1
     settings = cfg.pixel_settings()
     args = (str(out_dir), settings, key)
     chunks = list(_chunks(items, cfg.chunk_size if workers > 1 or cfg.engine == "dask" else len(items) or 1))
-    parts_dir = out_dir / PARTS_DIR if cfg.engine == "dask" else None
-    if parts_dir is not None:  # parts of an earlier run would mix with this one's
-        for stale in parts_dir.glob("part-*.parquet"):
+    if cfg.engine != "dask":
+        parts_dir = None
+    elif parts_dir is None:
+        parts_dir = out_dir / PARTS_DIR
+        for stale in parts_dir.glob("part-*.parquet"):  # parts of an earlier run would mix with this one's
             stale.unlink()
     # Rows arrive as dicts (~1 KB each); every part_rows of them are packed into a typed table (~0.4 KB a row),
     # so the driver's memory stays near the size of the final cohort however many files there are.
     packed: list[pd.DataFrame] = []
-    rows, errors, skipped = [], [], 0
+    rows, errors, skipped = [], list(skipped_entries), 0
 
     def pack() -> None:
         part = _typed(pd.DataFrame(rows, columns=DICOM_COLUMNS))
@@ -448,7 +425,8 @@ def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "in
                                                   f"and without a DICOM suffix); rename one"]
         table = table.loc[~dup]
     table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
-    return table, errs.sort_values("path", kind="stable").reset_index(drop=True), len(items), skipped
+    n_seen = len(items) + len(skipped_entries)
+    return table, errs.sort_values("path", kind="stable").reset_index(drop=True), n_seen, skipped
 
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
@@ -478,20 +456,74 @@ def write_part(path: Path, part: pd.DataFrame) -> None:
 
 
 def run(cfg: IngestConfig) -> IngestResult:
-    """Ingest ``cfg.dicom_dir`` into ``cfg.out_dir`` (see module docstring)."""
+    """Ingest ``cfg.dicom_dir`` into ``cfg.out_dir`` (see module docstring).
+
+    Everything that can be checked without decoding is checked first (options,
+    folder, labels table, that the folder has files and the labels name some of
+    them); nothing is written before. The output set is then built in a staging
+    folder and swapped in at once (:mod:`melanet.ingest_write`): a run that
+    fails, finds nothing usable or is killed leaves an existing DATA_DIR as it was.
+    """
     start = time.perf_counter()
     out_dir = Path(cfg.out_dir)
+    check_inputs(cfg)
+    prepared = None
+    if cfg.labels:
+        protected = [cfg.fold_column] if cfg.fold_column else []
+        prepared = prepare_labels(read_labels(Path(cfg.labels), cfg.label_key), cfg.label_key, cfg.target,
+                                  target_type=cfg.target_type, positive_class=cfg.positive_class,
+                                  keep_columns=cfg.keep_columns, protected=protected,
+                                  where=f"labels table {cfg.labels}")
+    scan = scan_inputs(cfg, out_dir)
+    if not scan[0] and not scan[1]:
+        raise InputDataError(f"DICOM folder {cfg.dicom_dir} holds no files; check the path (files are found in "
+                             f"sub-folders too, with any extension)")
+    if prepared is not None:
+        precheck_keys(prepared.table, cfg.label_key, [p.relative_to(cfg.dicom_dir).as_posix() for p in scan[0]],
+                      where=f"labels table {cfg.labels}")
+    made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels = read_labels(Path(cfg.labels)) if cfg.labels else None
-    key = load_key(out_dir)
-    cohort, errors, n_files, skipped = decode_folder(cfg, out_dir, key)
+    try:
+        with ingest_write.locked(out_dir):
+            removed = ingest_write.recover(out_dir)
+            if removed:
+                console.print(f"removed {removed} leftover(s) of an interrupted ingest in {out_dir}")
+            with ingest_write.Staging(out_dir) as stage:
+                result = _ingest_into(cfg, out_dir, stage, prepared, scan, start)
+    except BaseException:
+        if made_out_dir and not any(out_dir.iterdir()):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return result
 
-    report = pd.DataFrame(columns=["key", "status"])
-    if labels is not None:
+
+def _ingest_into(cfg: IngestConfig, out_dir: Path, stage: ingest_write.Staging, prepared, scan,
+                 start: float) -> IngestResult:
+    """Decode, join, fold and write the output set into ``stage``, then commit it into ``out_dir``."""
+    key = load_key(out_dir)
+    cohort, errors, n_files, skipped = decode_folder(cfg, out_dir, key, scan=scan, parts_dir=stage / PARTS_DIR)
+    if len(cohort) == 0:
+        by_stage = ", ".join(f"{k}: {v}" for k, v in errors["stage"].value_counts().items())
+        first = errors.iloc[0] if len(errors) else None
+        raise InputDataError(
+            f"none of the {n_files} file(s) under {cfg.dicom_dir} could be ingested ({by_stage}; first: "
+            f"{first['path']}: {first['error']}); {out_dir} is left as it was" if first is not None else
+            f"no file under {cfg.dicom_dir} could be ingested; {out_dir} is left as it was")
+    report = pd.DataFrame(columns=["key", "status", "row"])
+    if prepared is not None:
         # a label may name a failed file by id, name, stem or path without any suffix
         failed = {alias: p for p in errors["path"]
                   for alias in (image_id_for(p), Path(p).name, Path(p).stem, Path(p).with_suffix("").as_posix())}
-        cohort, report = join_labels(cohort, labels, cfg.label_key, cfg.target, failed)
+        cohort, report = join_labels(cohort, prepared.table, cfg.label_key, cfg.target, failed, key)
+        n_matched = len(prepared.table) - int(report["status"].isin(["label_without_image",
+                                                                     "label_for_failed_file"]).sum())
+        if n_matched == 0:
+            raise InputDataError(f"labels table {cfg.labels}: none of its {len(prepared.table)} labels matched an "
+                                 f"ingested image (by {cfg.label_key!r}: id, path, name or SOPInstanceUID); check "
+                                 f"--label-key and the DICOM folder; {out_dir} is left as it was")
+        if cohort[cfg.target].notna().sum() == 0:
+            raise InputDataError(f"labels table {cfg.labels}: every label that matched an image has an empty "
+                                 f"{cfg.target!r}; fill the target; {out_dir} is left as it was")
     elif cfg.target not in cohort.columns:
         cohort[cfg.target] = np.nan
     if cfg.fold_column:
@@ -499,38 +531,44 @@ def run(cfg: IngestConfig) -> IngestResult:
     else:
         cohort["fold"] = assign_folds(cohort, cfg.target, cfg.folds, cfg.seed)
 
-    write_parquet(out_dir / COHORT_FILE, cohort)
-    write_csv(out_dir / ERRORS_FILE, errors)
-    write_csv(out_dir / "labels_report.csv", report)
-    write_text(out_dir / "ingest_config.yaml", config_to_yaml(cfg))
+    write_parquet(stage / COHORT_FILE, cohort)
+    write_csv(stage / ERRORS_FILE, errors)
+    write_csv(stage / "labels_report.csv", report)
+    write_text(stage / "ingest_config.yaml", config_to_yaml(cfg))
     n_labelled = int((cohort["fold"] >= 0).sum())
+    n_empty = int((report["status"] == EMPTY_TARGET).sum())
     seconds = time.perf_counter() - start
-    write_json(out_dir / "ingest_summary.json", {
+    write_json(stage / "ingest_summary.json", {
         "files_seen": n_files, "rows": len(cohort), "errors": len(errors), "labelled": n_labelled,
         "unlabelled": len(cohort) - n_labelled, "skipped_unchanged": skipped,
         "labels_without_image": int((report["status"] == "label_without_image").sum()),
         "labels_for_failed_files": int((report["status"] == "label_for_failed_file").sum()),
+        "labels_with_empty_target": n_empty,
+        "target": cfg.target, "target_kind": prepared.kind if prepared is not None else None,
+        "target_binarised_on": prepared.binarised_on if prepared is not None else None,
+        "dropped_label_columns": prepared.dropped_columns if prepared is not None else [],
         "errors_by_stage": errors["stage"].value_counts().to_dict(),
         "pixel_settings": cfg.pixel_settings(), "seconds": round(seconds, 3),
     })
-    _print_summary(cfg, n_files, cohort, errors, report, skipped, seconds)
     if cfg.eda:
-        _write_eda(out_dir)
-    return IngestResult(out_dir, n_files, len(cohort), len(errors), n_labelled, skipped, seconds,
-                        report["key"].tolist())
+        _write_eda(out_dir, stage.path, cohort, cfg.target)
+    stage.commit()
+    _print_summary(cfg, n_files, cohort, errors, report, skipped, seconds)
+    unmatched = report.loc[report["status"] != EMPTY_TARGET, "key"].tolist()
+    return IngestResult(out_dir, n_files, len(cohort), len(errors), n_labelled, skipped, seconds, unmatched)
 
 
-def _write_eda(out_dir: Path) -> None:
+def _write_eda(out_dir: Path, write_to: Path, cohort: pd.DataFrame, target: str) -> None:
     try:
         from melanet import eda
     except ImportError:  # the EDA page is optional for ingest
         return
     try:
-        path = eda.run(out_dir)
-    except Exception as exc:  # the cohort is written; a broken page must not fail the ingest
+        eda.run(out_dir, eda.EDAConfig(target=target), cohort=cohort, out_dir=write_to)
+    except Exception as exc:  # a broken page must not fail the ingest
         console.print(f"[yellow]EDA page not written[/] ({type(exc).__name__}: {exc}); run `melanet eda {out_dir}`")
         return
-    console.print(f"EDA page: {path}")
+    console.print(f"EDA page: {out_dir / 'eda.html'}")
 
 
 def _print_summary(cfg: IngestConfig, n_files: int, cohort: pd.DataFrame, errors: pd.DataFrame,
@@ -544,7 +582,12 @@ def _print_summary(cfg: IngestConfig, n_files: int, cohort: pd.DataFrame, errors
         by_stage = ", ".join(f"{k}: {v}" for k, v in errors["stage"].value_counts().items())
         console.print(f"[yellow]{len(errors)} file(s) not ingested[/] ({by_stage}); see "
                       f"{Path(cfg.out_dir) / ERRORS_FILE}")
-    if len(report):
-        sample = ", ".join(report["key"].astype(str).head(5))
-        console.print(f"[yellow]{len(report)} label(s) matched no ingested image[/] (e.g. {sample}); see "
+    unmatched = report[report["status"] != EMPTY_TARGET]
+    if len(unmatched):
+        sample = ", ".join(unmatched["key"].astype(str).head(5))
+        console.print(f"[yellow]{len(unmatched)} label(s) matched no ingested image[/] (e.g. {sample}); see "
                       f"{Path(cfg.out_dir) / 'labels_report.csv'}")
+    n_empty = int((report["status"] == EMPTY_TARGET).sum())
+    if n_empty:
+        console.print(f"[yellow]{n_empty} label(s) have an empty {cfg.target!r}[/]: those images are test rows "
+                      f"(fold -1), listed in {Path(cfg.out_dir) / 'labels_report.csv'}")

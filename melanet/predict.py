@@ -10,6 +10,7 @@ the run's own test set, the result equals the run's ``test.parquet``.
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -113,6 +114,22 @@ def _score(prob: np.ndarray, run_dir: Path) -> np.ndarray:
     return prob[:, spec.classes.index(spec.positive_class)]
 
 
+def _training_key(data_dir: Path) -> bytes:
+    """The training data's pseudonym key, read only (never made in, nor written to, the data folder).
+
+    Without it (another machine or user) a one-off key is used: pseudonyms then group this
+    call's images by patient consistently, which is all that prediction needs of them.
+    """
+    from melanet import privacy
+
+    key = privacy.load_key(data_dir, create=False)
+    if key is None:
+        console.print("[yellow]note:[/] the training data's pseudonym key is not available here; patient ids of "
+                      "this prediction use a one-off key", highlight=False)
+        return secrets.token_bytes(32)
+    return key
+
+
 def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
         cache_dir: Path | None = None) -> pd.DataFrame:
     """Predict ``dicom_dir`` with ``run_dir``; write ``out`` (CSV) and ``<out>.errors.csv`` if any failed."""
@@ -124,10 +141,13 @@ def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
     data_dir = training_data_dir(run_dir)
     trained = build_config(ingest.IngestConfig, yaml.safe_load((data_dir / "ingest_config.yaml").read_text()),
                            str(data_dir / "ingest_config.yaml"))
-    work = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="melanet-predict-"))
+    if cache_dir is None:  # decoded images and headers of the new files are removed after the call
+        with tempfile.TemporaryDirectory(prefix="melanet-predict-") as tmp:
+            return run(run_dir, dicom_dir, out, workers, Path(tmp))
+    work = Path(cache_dir)
     cfg = trained.model_copy(update={"dicom_dir": dicom_dir, "out_dir": work, "labels": None, "eda": False,
                                      "engine": "local", "workers": workers if workers is not None else trained.workers})
-    cohort, errors, n_files, _ = ingest.decode_folder(cfg, work, ingest.load_key(data_dir), label="predict: ingest")
+    cohort, errors, n_files, _ = ingest.decode_folder(cfg, work, _training_key(data_dir), label="predict: ingest")
     cohort["fold"] = -1
     if len(cohort) == 0:
         raise ArtifactError(f"no file under {dicom_dir} could be used ({len(errors)} errors; first: "

@@ -72,29 +72,16 @@ class TargetSpec:
         return (values.astype(str) == str(self.positive_class)).astype(int).to_numpy()
 
 
-def resolve_target(labels: pd.Series, column: str, positive_class: str | None = None) -> TargetSpec:
-    """Decide binary vs multiclass from the labelled values of ``column``."""
-    values = labels.dropna()
-    if len(values) == 0:
-        raise ArtifactError(f"target column {column!r} has no labelled rows")
-    numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all() and set(np.unique(numeric)) <= {0, 1}:
-        if positive_class not in (None, "1", 1):
-            raise ConfigError(
-                f"positive_class={positive_class!r} given, but {column!r} is a binary 0/1 target; "
-                f"drop positive_class or choose a multiclass column such as 'diagnosis'"
-            )
+def resolve_target(labels: pd.Series, column: str, positive_class: str | None = None,
+                   target_type: str = "auto") -> TargetSpec:
+    """Binary vs multiclass from the labelled values of ``column``, validated (rules: :mod:`melanet.targets`)."""
+    from melanet.targets import target_kind
+
+    kind, classes, positive = target_kind(labels, column, target_type, positive_class,
+                                          where="cohort.parquet")
+    if kind == "binary":
         return TargetSpec(column=column)
-    classes = sorted(values.astype(str).unique().tolist())
-    if len(classes) < 2:
-        raise ArtifactError(f"target column {column!r} has a single class {classes}; nothing to learn")
-    if positive_class is not None and str(positive_class) not in classes:
-        raise ConfigError(
-            f"positive_class {positive_class!r} is not a class of {column!r}"
-            f"{did_you_mean(str(positive_class), classes)}; classes are {classes}"
-        )
-    return TargetSpec(column=column, classes=classes,
-                      positive_class=None if positive_class is None else str(positive_class))
+    return TargetSpec(column=column, classes=classes, positive_class=positive)
 
 
 def predictions_frame(rows: pd.DataFrame, prob: np.ndarray, spec: TargetSpec) -> pd.DataFrame:

@@ -19,22 +19,41 @@ META_KEYS = {"sop_instance_uid", "study_instance_uid", "patient_id_raw", "sex", 
     ("45Y", 45.0), ("45", 45.0), (" 070y ", 70.0), ("000D", 0.0),
 ])
 def test_patient_age_units(patient_age, years):
-    assert parse_age(patient_age, "19000101", "20000101") == pytest.approx(years)
+    assert parse_age(patient_age, "19000101", "20000101", exact=True) == pytest.approx(years)
 
 
 @pytest.mark.parametrize("patient_age", [None, "", "abc", "45X", "1234Y", "999Y", "-5Y", "4.5Y"])
 def test_unusable_patient_age_falls_back_to_birth_date(patient_age):
     days = 40 * 365 + 10  # ten 29 Februaries
-    assert parse_age(patient_age, "19800615", "20200615") == pytest.approx(days / DAYS_PER_YEAR)
+    assert parse_age(patient_age, "19800615", "20200615", exact=True) == pytest.approx(days / DAYS_PER_YEAR)
     assert parse_age(patient_age, None, None) is None
 
 
 def test_birth_date_edge_cases():
     assert parse_age(None, "20000101", "19990101") is None  # born after the study
     assert parse_age(None, "garbage", "20200101") is None
-    assert parse_age(None, "1980.06.15", "2020.06.15") == pytest.approx(40.0, abs=0.01)  # ACR-NEMA dots
+    assert parse_age(None, "1980.06.15", "2020.06.15", exact=True) == pytest.approx(40.0, abs=0.01)  # ACR-NEMA dots
     born, seen = pydicom.valuerep.DA("19800615"), pydicom.valuerep.DA("20000615")
-    assert parse_age(None, born, seen) == pytest.approx(20.0, abs=0.01)
+    assert parse_age(None, born, seen, exact=True) == pytest.approx(20.0, abs=0.01)
+
+
+@pytest.mark.parametrize("patient_age, birth, study, years", [
+    ("045Y", None, None, 45.0), ("006M", None, None, 0.0), ("012M", None, None, 1.0), ("011M", None, None, 0.0),
+    ("052W", None, None, 0.0), ("365D", None, None, 0.0), ("089Y", None, None, 89.0), ("090Y", None, None, 90.0),
+    ("104Y", None, None, 90.0), (None, "19800616", "20200615", 39.0), (None, "19800615", "20200615", 40.0),
+    (None, "19120101", "20200615", 90.0), (None, "19300615", "20200614", 89.0),
+])
+def test_age_is_whole_years_capped_at_90(patient_age, birth, study, years):
+    """Safe Harbor: no age to the day (it gives the birth date back), nobody older than 90."""
+    age = parse_age(patient_age, birth, study)
+    assert age == years and float(age).is_integer()
+
+
+def test_extracted_age_from_birth_date_is_whole_and_capped():
+    ds = make_dataset(gradient(), PatientAge=None, PatientBirthDate="19120229", StudyDate="20200815")
+    assert extract_meta(ds)["age"] == 90.0
+    ds = make_dataset(gradient(), PatientAge=None, PatientBirthDate="19610301", StudyDate="20200815")
+    assert extract_meta(ds)["age"] == 59.0
 
 
 @pytest.mark.parametrize("raw, sex", [("M", "male"), ("F", "female"), ("f", "female"), ("Male", "male"),
@@ -101,4 +120,4 @@ def test_readers_give_identical_meta(tmp_path):
     metas = [read_dicom(path, reader=name).meta for name in sorted(READERS)]
     assert all(m == metas[0] for m in metas)
     assert metas[0]["site"] == "lower extremity" and metas[0]["sex"] == "female"
-    assert metas[0]["age"] == pytest.approx(59.04, abs=0.01)
+    assert metas[0]["age"] == 59.0  # whole years (born 1961-03-01, seen 2020-03-15)

@@ -19,6 +19,8 @@ MAX_AGE_YEARS = 130.0
 # PatientAge is "nnnU" (U in D/W/M/Y); writers in the wild drop the zeros or the unit (then years).
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": DAYS_PER_YEAR / 12, "Y": DAYS_PER_YEAR, "": DAYS_PER_YEAR}
+#: Ages above 89 are reported as 90 (HIPAA Safe Harbor groups them).
+AGE_CAP_YEARS = 90.0
 
 _SEX = {"M": "male", "MALE": "male", "F": "female", "FEMALE": "female"}
 
@@ -61,24 +63,38 @@ def _to_date(value: Any) -> date | None:
         return None
 
 
-def parse_age(patient_age: str | None, birth_date: Any = None, study_date: Any = None) -> float | None:
-    """Age in years at the study.
+def parse_age(patient_age: str | None, birth_date: Any = None, study_date: Any = None,
+              exact: bool = False) -> float | None:
+    """Age in years at the study: whole years, ages above 89 reported as 90 (unless ``exact``).
 
     From PatientAge ``nnnY/M/W/D`` (also ``45Y`` or ``45``: years) when it holds a
-    plausible age (0-130 years), else from the days between PatientBirthDate and
-    the study date (DA strings ``YYYYMMDD`` or dates), else None. Garbage such
-    as ``"abc"`` or a birth date after the study gives None.
+    plausible age (0-130 years), else from PatientBirthDate and the study date
+    (DA strings ``YYYYMMDD`` or dates), else None. Garbage such as ``"abc"`` or a
+    birth date after the study gives None.
+
+    Why whole years and the cap: an age kept to the day gives the birth date back
+    from the study date, and HIPAA Safe Harbor (45 CFR 164.514(b)(2)(i)(C)) lets
+    ages over 89 through only as one "90 or older" group. By default the age is
+    therefore the completed years on the calendar (``006M`` -> 0, born 1980-06-16
+    and seen 2020-06-15 -> 39) and anything above 89 is 90. ``exact=True`` gives
+    the fractional years (days / 365.25) without a cap, for code that never writes them.
     """
     match = _AGE.match(str(patient_age)) if patient_age not in (None, "") else None
+    years: float | None = None
     if match:
-        years = int(match[1]) * _DAYS_PER_UNIT[match[2].upper()] / DAYS_PER_YEAR
-        if years <= MAX_AGE_YEARS:
-            return years
-    birth, study = _to_date(birth_date), _to_date(study_date)
-    if birth is None or study is None:
-        return None
-    years = (study - birth).days / DAYS_PER_YEAR
-    return years if 0 <= years <= MAX_AGE_YEARS else None
+        value = int(match[1]) * _DAYS_PER_UNIT[match[2].upper()] / DAYS_PER_YEAR
+        if value <= MAX_AGE_YEARS:
+            years = value if exact else float(int(value + 1e-9))  # completed years (12M = 1)
+    if years is None:
+        birth, study = _to_date(birth_date), _to_date(study_date)
+        if birth is None or study is None:
+            return None
+        value = (study - birth).days / DAYS_PER_YEAR
+        if not 0 <= value <= MAX_AGE_YEARS:
+            return None
+        completed = study.year - birth.year - ((study.month, study.day) < (birth.month, birth.day))
+        years = value if exact else float(completed)
+    return years if exact else min(years, AGE_CAP_YEARS)
 
 
 def normalise_sex(patient_sex: str | None) -> str | None:

@@ -14,6 +14,7 @@ CutMix and metadata dropout act on whole batches (:func:`mix_batch`,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class AugmentConfig(StageConfig):
 
 def build_train_transform(aug: AugmentConfig, image_size: int, seed: int | None = None):
     """The albumentations pipeline for training images (uint8 HWC at ``image_size``), or None."""
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # no version check over the network (see melanet/__init__.py)
     import albumentations as A
 
     steps = [

@@ -170,6 +170,8 @@ class FusionConfig(StageConfig):
     seed: int = 42
     target: str = Field("target", description="Label column: binary 0/1 or class names (e.g. diagnosis).")
     positive_class: str | None = Field(None, description="Class whose probability is scored (multiclass targets).")
+    target_type: Literal["auto", "binary", "multiclass"] = Field(
+        "auto", description="auto: 0/1 is binary, other values need positive_class; multiclass: every value a class.")
     image_size: int = Field(384, ge=16, le=2048, description="Training and prediction side, pixels.")
     model: ModelConfig = ModelConfig()
     features: FeaturesConfig = FeaturesConfig()
@@ -283,7 +285,7 @@ def load_cohort_data(cfg: FusionConfig, progress_bar=None) -> CohortData:
     """Read the cohort, resolve the target, build the feature table and hold the images."""
     cohort = read_cohort(cfg.data_dir)
     labelled = labelled_mask(cohort, cfg.target)
-    spec = resolve_target(cohort.loc[labelled, cfg.target], cfg.target, cfg.positive_class)
+    spec = resolve_target(cohort.loc[labelled, cfg.target], cfg.target, cfg.positive_class, cfg.target_type)
     labels = np.zeros(len(cohort), dtype=np.int64)
     labels[labelled] = spec.encode(cohort.loc[labelled, cfg.target])
     excluded = read_exclude(cfg.exclude, cohort)

@@ -51,7 +51,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -491,6 +491,8 @@ class GBDTConfig(StageConfig):
     out_dir: Path
     target: str = Field("target", description="Label column: 0/1 (binary) or class names (multiclass).")
     positive_class: str | None = Field(None, description="Multiclass: the class scored by AUC/pAUC and the blend.")
+    target_type: Literal["auto", "binary", "multiclass"] = Field(
+        "auto", description="auto: 0/1 is binary, other values need positive_class; multiclass: every value a class.")
     engine: str = Field("lightgbm", description="lightgbm or xgboost.")
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     lightgbm: dict[str, Any] = Field(default_factory=lambda: dict(LightGBMModel.defaults))
@@ -825,7 +827,7 @@ def run(cfg: GBDTConfig) -> dict:
     n_jobs = resolve_n_jobs(cfg.n_jobs)
     cohort = read_cohort(cfg.data_dir)
     labelled = labelled_mask(cohort, cfg.target)
-    spec = resolve_target(cohort.loc[labelled, cfg.target], cfg.target, cfg.positive_class)
+    spec = resolve_target(cohort.loc[labelled, cfg.target], cfg.target, cfg.positive_class, cfg.target_type)
     excluded = read_exclude(cfg.exclude, cohort)
     extra = load_oof_features(cohort, labelled, cfg.with_oof) if cfg.with_oof else None
     X_all = feature_table(cohort, cfg.features, extra, cfg.with_oof_context, cfg.target)

@@ -7,6 +7,7 @@ as safetensors only, so a checkpoint is never unpickled.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,8 +93,8 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path: str | 
     source = pretrained_source(name, pretrained_path)
     try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(source)}, **kwargs)
-        file_keys = set(timm.models.load_state_dict(str(source)))
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:  # wrong architecture or a corrupt file
+        file_keys = set(timm.models.load_state_dict(str(source), weights_only=True))  # never unpickle code
+    except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as exc:  # wrong net, corrupt file
         raise WeightsNotFoundError(f"weights {source} do not fit backbone {name!r}: {exc}; check "
                                    f"model.pretrained_path and model.backbone") from None
     # timm loads non-strictly (the classifier is dropped), so a file for another
