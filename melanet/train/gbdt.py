@@ -503,8 +503,8 @@ class GBDTConfig(StageConfig):
                                         description="Fraction of training patients held out for early stopping.")
     refit: bool = Field(True, description="After early stopping picks the round count on the inner split, boost "
                                           "again on all training rows (rounds scaled by 1/(1-inner_valid_fraction)).")
-    inner_splits: int = Field(1, ge=1, description="Round count = mean early-stopped round over this many "
-                                                  "patient-grouped inner splits, then refit on all training rows.")
+    inner_splits: int = Field(1, ge=1, description="With refit: round count = mean early-stopped round over this "
+                                                  "many patient-grouped inner splits, then refit on all rows.")
     small_data: SmallDataConfig = Field(default_factory=SmallDataConfig,
                                         description="Settings used below small_data.max_rows labelled rows "
                                                     "(melanet/train/small_data.py).")
@@ -791,7 +791,7 @@ def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: n
     ``refit`` the inner split only picks the round count: the model is boosted
     again on all of the fold's training rows for ``best / (1 - inner_valid_fraction)``
     rounds (more rows, proportionally more rounds), keeping the first fit's
-    early-stopping history. ``inner_splits`` > 1 (implies ``refit``) takes the
+    early-stopping history. With ``refit``, ``inner_splits`` > 1 takes the
     mean best round over that many inner splits (differently seeded), so the
     round count does not hinge on which ~150 patients one split held out.
     """
@@ -801,13 +801,13 @@ def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: n
         model = make_model()
         if model.early_stopping_rounds:
             best, first = [], None
-            for s in range(max(1, inner_splits)):
+            for s in range(max(1, inner_splits) if refit else 1):
                 fit, stop = inner_split(y[train], groups[train], inner_valid_fraction, seed + int(k) + 1000 * s)
                 fit, stop = train[fit], train[stop]
                 stopped = make_model().fit(X.iloc[fit], y[fit], X.iloc[stop], y[stop])
                 best.append(stopped.best_iteration_)
                 first = stopped if first is None else first
-            if refit or inner_splits > 1:
+            if refit:
                 rounds = int(round(float(np.mean(best))))
                 model = first.with_rounds(refit_rounds(rounds, inner_valid_fraction)).fit(X.iloc[train], y[train])
                 model.history_, model.n_early_stopping_ = first.history_, first.n_early_stopping_
@@ -880,10 +880,10 @@ def resolve_small_data(cfg: GBDTConfig, n_rows: int) -> tuple[GBDTConfig, list[s
         return cfg.model_copy(update={"small_data": sd.model_copy(update={"applied": False})}), []
     engine = get_engine(cfg.engine)
     params, changed = small_data.resolve(engine_params(cfg), engine.defaults, engine.canonical,
-                                         getattr(sd, cfg.engine))
+                                         small_data.fit_to_rows(getattr(sd, cfg.engine), n_rows))
     lines = [f"{cfg.engine}.{k}: {old} -> {new}" for k, (old, new) in changed.items()]
     update: dict[str, Any] = {cfg.engine: params, "small_data": sd.model_copy(update={"applied": True})}
-    if cfg.inner_splits == 1 and sd.inner_splits > 1 and cfg.early_stopping_rounds:
+    if cfg.inner_splits == 1 and sd.inner_splits > 1 and cfg.early_stopping_rounds and cfg.refit:
         update["inner_splits"] = sd.inner_splits
         lines.append(f"inner_splits: 1 -> {sd.inner_splits} (round count = mean best round, then refit)")
     return cfg.model_copy(update=update), lines
@@ -965,6 +965,7 @@ def run(cfg: GBDTConfig) -> dict:
             out.mark_done(k, {"engine": engine.name, "backend": cfg.backend, "rounds": int(model.best_iteration_),
                               "n_train": model.n_train_, "n_early_stopping": model.n_early_stopping_,
                               "n_excluded": int((~val & ~trainable).sum()),
+                              "inner_best_rounds": [int(r) for r in getattr(model, "inner_best_rounds_", [])],
                               "seconds": round(time.perf_counter() - fold_start, 3)})
             fold_start = time.perf_counter()
             gains[k] = model.feature_gain()

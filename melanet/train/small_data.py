@@ -58,3 +58,13 @@ def resolve(params: dict[str, Any], engine_defaults: dict[str, Any], canonical: 
             changed[key] = (current, value)
             out[key] = value
     return out, changed
+
+
+def fit_to_rows(small: dict[str, Any], n_rows: int) -> dict[str, Any]:
+    """``small`` with LightGBM's ``min_data_in_leaf`` at most ``n_rows / 20`` (at least 5), so that a tiny
+    cohort (a test, a pilot) still gets trees that split rather than a constant."""
+    out = dict(small)
+    for key in ("min_data_in_leaf", "min_child_samples", "min_data", "min_samples_leaf"):
+        if key in out:
+            out[key] = int(min(out[key], max(5, n_rows // 20)))
+    return out
