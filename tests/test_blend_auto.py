@@ -144,3 +144,13 @@ def test_demo_pair_verdict_names_a_clearly_worse_blend(lo, hi, verdict):
     from melanet.demo import pair_verdict
 
     assert pair_verdict(lo, hi) == verdict
+
+
+def test_report_shows_what_auto_chose_and_why(tmp_path, y):
+    rng = np.random.default_rng(9)
+    runs = [make_run(tmp_path / "fusion", _sigmoid(2.0 * y - 1 + rng.normal(0, 1, N)), rng.random(N_TEST), target=y),
+            make_run(tmp_path / "noise", rng.random(N), rng.random(N_TEST), target=y)]
+    out = tmp_path / "out"
+    blend.run(blend.BlendConfig(runs=[str(r) for r in runs], out_dir=out, n_boot=0, report=True))
+    text = (out / "report.html").read_text()
+    assert "Method chosen by nested cross validation: input:fusion" in text and "passed through" in text
