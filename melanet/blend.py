@@ -432,7 +432,7 @@ def _auto_summary(final: BaseEstimator, outer: dict[int, str], common_scale: boo
         reason += f"; no blend reliably beats input {chosen['candidate'].split(':', 1)[1]!r}, which is passed through"
     return {"choice": final.choice_, "method": final.method_, "passthrough": passthrough, "reason": reason,
             "rule": "simplest candidate (input < rank < weights < stack) whose cross-validated AUC is within one "
-                    "standard error (of the per-fold AUC difference) of the best",
+                    "standard error (patient bootstrap of the AUC difference) of the best",
             "outer_choices": {str(k): v for k, v in outer.items()},
             "oof_scale": ("percentile among all OOF rows (outer folds chose different candidates)" if common_scale
                           else f"the scale of {next(iter(outer.values()))} (every outer fold chose it)"),
@@ -525,9 +525,11 @@ def run(cfg: BlendConfig) -> dict:
         from melanet import blend_auto
 
         blender.set_params(names=tuple(inputs.names))
+        patients = inputs.oof["patient_id"].to_numpy()
         oof_pred, outer, common_scale = blend_auto.nested_oof(inputs.X_oof, y, folds,
-                                                              blend_auto.candidates(inputs.names, cfg.stack_c))
-        final = clone(blender).fit(inputs.X_oof, y, folds)
+                                                              blend_auto.candidates(inputs.names, cfg.stack_c),
+                                                              patients)
+        final = clone(blender).fit(inputs.X_oof, y, folds, patients)
         agreed = None if common_scale else next(iter(outer.values()))
         probabilities = agreed is not None and _gives_probabilities(agreed, inputs)
         auto = _auto_summary(final, outer, common_scale, inputs)

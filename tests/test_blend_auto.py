@@ -80,11 +80,12 @@ def test_reported_oof_is_the_nested_cv_prediction(tmp_path, y):
     oof = pd.read_parquet(out / "oof.parquet").sort_values("image_id")
     inputs = blend.load_inputs(runs)
     X, folds, target = inputs.X_oof, inputs.oof["fold"].to_numpy(), inputs.oof["target"].to_numpy()
+    patients = inputs.oof["patient_id"].to_numpy()
     cands = blend_auto.candidates(inputs.names)
     expected = np.empty(len(target))
     for k in np.unique(folds):
         held = folds == k
-        chosen, _ = blend_auto.select(X[~held], target[~held], folds[~held], cands)
+        chosen, _ = blend_auto.select(X[~held], target[~held], folds[~held], cands, patients[~held])
         assert result["auto"]["outer_choices"][str(k)] == chosen
         est = clone(cands[chosen])
         est = est.fit(X[~held], target[~held]) if est.uses_labels else est.fit(X[~held])
