@@ -520,8 +520,9 @@ class GBDTConfig(StageConfig):
                                 description="Image-model runs whose OOF/test scores become features.")
     with_oof_context: bool = Field(True, description="Patient-context features on the OOF scores too "
                                                      "(the 'ugly duckling': a lesion vs the patient's others).")
-    with_oof_monotone: bool = Field(False, description="Constrain the GBDT to be non-decreasing in each "
-                                                       "image-model score (not in its patient-context features).")
+    with_oof_monotone: bool = Field(True, description="Constrain the GBDT to be non-decreasing in each "
+                                                      "image-model score (not in its patient-context features); "
+                                                      "+0.005 AUC on two synthetic cohorts.")
     with_oof_scale: str = Field("rank", description="How image-model scores enter: rank (percentile among the "
                                                     "producing fold model's OOF scores), logit (fold-standardised "
                                                     "logit) or raw; see melanet/train/stacking.py.")
