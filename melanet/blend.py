@@ -63,7 +63,8 @@ class BlendConfig(StageConfig):
 
     runs: list[Path] = Field(min_length=2, description="Run folders to blend (each with oof/test.parquet).")
     out_dir: Path = Field(description="Blend run folder to write.")
-    method: str = Field("rank", description="rank, weights or stack.")
+    method: str = Field("auto", description="auto (chosen by nested cross validation, melanet/blend_auto.py), "
+                                            "rank, weights or stack.")
     stack_c: float = Field(1.0, gt=0, description="Inverse L2 strength of the stacking logistic regression.")
     n_boot: int = Field(500, ge=0, description="Bootstrap resamples for AUC intervals (0 = off).")
     seed: int = Field(0, description="Bootstrap seed.")
@@ -142,7 +143,7 @@ class WeightsBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "weights_")
-        return _check_columns(X, len(self.weights_)) @ self.weights_
+        return _dot(_check_columns(X, len(self.weights_)), self.weights_)
 
     def weights(self) -> np.ndarray:
         check_is_fitted(self, "weights_")
@@ -174,7 +175,7 @@ class StackBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "coef_")
-        return expit(_logits(_check_columns(X, len(self.coef_))) @ self.coef_ + self.intercept_)
+        return expit(_dot(_logits(_check_columns(X, len(self.coef_))), self.coef_) + self.intercept_)
 
     def weights(self) -> np.ndarray:
         check_is_fitted(self, "coef_")
@@ -192,12 +193,27 @@ class StackBlender(BaseEstimator):
 BLENDERS: dict[str, type[BaseEstimator]] = {"rank": RankBlender, "weights": WeightsBlender, "stack": StackBlender}
 
 
+#: Every name ``method`` accepts: ``auto`` chooses among the others (and each single input) by nested CV.
+METHODS = ("auto", *BLENDERS)
+
+
 def make_blender(method: str, **params: Any) -> BaseEstimator:
-    """A blender by name (``rank``, ``weights``, ``stack``); unknown names get a did-you-mean."""
-    if method not in BLENDERS:
-        raise unknown_choice("blend method", method, BLENDERS)
-    cls = BLENDERS[method]
+    """A blender by name (``auto``, ``rank``, ``weights``, ``stack``); unknown names get a did-you-mean."""
+    if method not in METHODS:
+        raise unknown_choice("blend method", method, METHODS)
+    if method == "auto":
+        from melanet.blend_auto import AutoBlender
+
+        cls = AutoBlender
+    else:
+        cls = BLENDERS[method]
     return cls(**{k: v for k, v in params.items() if k in cls._get_param_names()})
+
+
+def _dot(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Row-wise ``X @ w`` without BLAS: BLAS picks kernels by memory layout and thread count, so the same rows
+    could give different last bits in ``run`` and in ``apply_blend``; blend.json must reproduce test.parquet."""
+    return np.einsum("ij,j->i", np.asarray(X, dtype=float), np.asarray(w, dtype=float))
 
 
 def _logits(X: np.ndarray) -> np.ndarray:
@@ -391,6 +407,54 @@ def _print_comparison(table: pd.DataFrame, blend_name: str, validation: str) -> 
     return beats
 
 
+def _gives_probabilities(candidate: str, inputs: BlendInputs) -> bool:
+    """Whether an auto-blend candidate's output is a probability (see each blender's docstring)."""
+    kind, _, name = candidate.partition(":")
+    if kind == "input":
+        return inputs.probabilities[inputs.names.index(name)]
+    return {"rank": False, "weights": all(inputs.probabilities), "stack": True}[kind]
+
+
+def _auto_summary(final: BaseEstimator, outer: dict[int, str], common_scale: bool, inputs: BlendInputs) -> dict:
+    """What ``--method auto`` chose and why, for metrics.json, blend.json, the console and the report."""
+    table = final.selection_
+    best = table.loc[table["cv_auc"].idxmax()]
+    chosen = table.loc[table["chosen"]].iloc[0]
+    if chosen["candidate"] == best["candidate"]:
+        reason = (f"{chosen['candidate']} has the highest cross-validated AUC ({chosen['cv_auc']:.4f}) and no "
+                  f"simpler candidate is within one standard error of it")
+    else:
+        reason = (f"{chosen['candidate']} (cross-validated AUC {chosen['cv_auc']:.4f}) is the simplest candidate "
+                  f"within one standard error of the best, {best['candidate']} ({best['cv_auc']:.4f}; gap "
+                  f"{chosen['gap']:.4f} <= SE {chosen['se']:.4f})")
+    passthrough = final.method_ == "input"
+    if passthrough:
+        reason += f"; no blend reliably beats input {chosen['candidate'].split(':', 1)[1]!r}, which is passed through"
+    return {"choice": final.choice_, "method": final.method_, "passthrough": passthrough, "reason": reason,
+            "rule": "simplest candidate (input < rank < weights < stack) whose cross-validated AUC is within one "
+                    "standard error (patient bootstrap of the AUC difference) of the best",
+            "outer_choices": {str(k): v for k, v in outer.items()},
+            "oof_scale": ("percentile among all OOF rows (outer folds chose different candidates)" if common_scale
+                          else f"the scale of {next(iter(outer.values()))} (every outer fold chose it)"),
+            "selection": table.to_dict(orient="records")}
+
+
+def _print_auto(auto: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title="blend --method auto: candidates by cross-validated AUC on all folds")
+    for head in ("candidate", "CV AUC", "mean fold AUC", "gap to best", "SE", "within 1 SE", "chosen"):
+        t.add_column(head, justify="left" if head == "candidate" else "right")
+    for r in auto["selection"]:
+        t.add_row(r["candidate"], f"{r['cv_auc']:.4f}", f"{r['fold_auc_mean']:.4f}", f"{r['gap']:.4f}",
+                  f"{r['se']:.4f}", "yes" if r["within_1se"] else "no", "[bold]yes[/]" if r["chosen"] else "",
+                  style="bold" if r["chosen"] else None)
+    console.print(t)
+    console.print(f"auto chose {auto['choice']}: {auto['reason']}", highlight=False)
+    console.print(f"nested CV (outer fold: choice): {auto['outer_choices']}; reported OOF on {auto['oof_scale']}",
+                  highlight=False)
+
+
 # --- recipe and applying it -----------------------------------------------------------------
 
 
@@ -457,10 +521,25 @@ def run(cfg: BlendConfig) -> dict:
         raise ConfigError(f"--out {out} is one of the input runs; choose a new folder for the blend")
     y, folds = inputs.oof["target"].to_numpy(), inputs.oof["fold"].to_numpy()
 
-    # a weighted mean is a probability only if every input is one; stacking re-calibrates whatever it gets
-    probabilities = blender.probabilities and (cfg.method == "stack" or all(inputs.probabilities))
-    oof_pred = cross_val_blend(blender, inputs.X_oof, y, folds)
-    final = clone(blender).fit(inputs.X_oof, y)
+    if cfg.method == "auto":
+        from melanet import blend_auto
+
+        blender.set_params(names=tuple(inputs.names))
+        patients = inputs.oof["patient_id"].to_numpy()
+        oof_pred, outer, common_scale = blend_auto.nested_oof(inputs.X_oof, y, folds,
+                                                              blend_auto.candidates(inputs.names, cfg.stack_c),
+                                                              patients)
+        final = clone(blender).fit(inputs.X_oof, y, folds, patients)
+        agreed = None if common_scale else next(iter(outer.values()))
+        probabilities = agreed is not None and _gives_probabilities(agreed, inputs)
+        auto = _auto_summary(final, outer, common_scale, inputs)
+        method_shown = final.method_
+    else:
+        # a weighted mean is a probability only if every input is one; stacking re-calibrates whatever it gets
+        probabilities = blender.probabilities and (cfg.method == "stack" or all(inputs.probabilities))
+        oof_pred = cross_val_blend(blender, inputs.X_oof, y, folds)
+        final = clone(blender).fit(inputs.X_oof, y)
+        auto, method_shown = None, cfg.method
     recipe = {
         "method": cfg.method,
         "params": final.get_params(),
@@ -470,8 +549,11 @@ def run(cfg: BlendConfig) -> dict:
         "runs_relative": [os.path.relpath(p.resolve(), out.resolve()) for p in inputs.paths],
         "weights": dict(zip(inputs.names, final.weights().tolist())),
         "weights_meaning": {"rank": "equal weights on OOF-CDF ranks", "weights": "convex weights on probabilities",
-                            "stack": "logistic-regression coefficients on logits"}[cfg.method],
-        "probabilities": probabilities,
+                            "stack": "logistic-regression coefficients on logits",
+                            "input": "one input passed through"}[method_shown],
+        "probabilities": (probabilities if auto is None else
+                          _gives_probabilities(final.choice_, inputs)),
+        "auto": auto,
         "correlation": {"method": "spearman", "names": inputs.names,
                         "matrix": pd.DataFrame(inputs.X_oof).corr(method="spearman").to_numpy().tolist()},
         "state": final.state(),
@@ -490,8 +572,11 @@ def run(cfg: BlendConfig) -> dict:
     metrics.update({
         "method": cfg.method,
         "probabilities": probabilities,
-        "validation": ("cross-validated: each fold blended by weights fitted on the other folds"
+        "validation": ("nested cross-validated: each fold blended by the candidate chosen and fitted on the other "
+                       "folds" if auto is not None else
+                       "cross-validated: each fold blended by weights fitted on the other folds"
                        if blender.uses_labels else "label-free: one rank mapping fitted on all OOF rows"),
+        "auto": auto,
         "inputs": inputs.names,
         "in_sample": M.binary_metrics(y, final.predict(inputs.X_oof)) if blender.uses_labels else None,
     })
@@ -505,6 +590,8 @@ def run(cfg: BlendConfig) -> dict:
     write_csv(out / COMPARISON_FILE, table)
     write_text(out / "config.yaml", config_to_yaml(cfg))
     write_json(out / BLEND_FILE, recipe)  # last: its presence marks a finished blend (predict keys on it)
+    if auto is not None:
+        _print_auto(auto)
     beats = _print_comparison(table, "blend", metrics["validation"])
     report_path = None
     if cfg.report:
@@ -518,5 +605,6 @@ def run(cfg: BlendConfig) -> dict:
             tracker.log_artifact(out / name)
     finally:
         tracker.close()
-    return {"out_dir": out, "method": cfg.method, "metrics": metrics["overall"], "in_sample": metrics["in_sample"],
+    return {"out_dir": out, "method": cfg.method, "auto": auto, "metrics": metrics["overall"],
+            "in_sample": metrics["in_sample"],
             "weights": recipe["weights"], "comparison": table, "beats": beats, "report": report_path}

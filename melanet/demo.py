@@ -1,7 +1,7 @@
 """``melanet demo``: the whole pipeline on a synthetic DICOM cohort, ending with one table.
 
     synth -> ingest -> train-fusion (image-only and fusion, CPU config) -> train-gbdt
-          -> train-gbdt --with-oof (image scores + patient context) -> blend -> report
+          -> train-gbdt --with-oof (image scores + patient context) -> blend (auto, all four) -> report
 
 Each stage writes to ``OUT_DIR`` and is skipped on a re-run when its outputs are
 complete (fusion folds resume). The final table shows AUC and pAUC80 of every
@@ -24,6 +24,10 @@ from melanet.console import console
 from melanet.io import read_json, write_csv
 
 
+#: The runs the demo blends: every model, so that auto can pick (or pass through) whichever holds up.
+BLEND_INPUTS = ("image_only", "fusion", "gbdt", "gbdt_img")
+
+
 class DemoConfig(StageConfig):
     """Settings of ``melanet demo``."""
 
@@ -33,7 +37,8 @@ class DemoConfig(StageConfig):
     image_size: int = Field(96, description="Side of the synthetic DICOM images and of the cache, pixels.")
     fusion_config: str = "fusion-cpu-small"
     gbdt_config: str = "gbdt"
-    blend_method: str = "stack"
+    blend_method: str = Field("auto", description="Blend method over every model run (auto: chosen by nested CV, "
+                                                  "never below its best input).")
     fusion_set: list[str] = Field(default_factory=list, description="--set overrides for both CNN runs.")
     workers: int = 0
 
@@ -87,9 +92,9 @@ def run(cfg: DemoConfig) -> pd.DataFrame:
                                  extra={"data_dir": str(data), "out_dir": str(run_dir), **extra}))
 
     blend_dir = runs / "blend"
-    _stage(f"5/6 blend ({cfg.blend_method}: fusion + gbdt with image context)", _done(blend_dir))
+    _stage(f"5/6 blend ({cfg.blend_method}: {', '.join(BLEND_INPUTS)})", _done(blend_dir))
     if not _done(blend_dir):
-        blend.run(blend.BlendConfig(runs=[str(runs / "fusion"), str(runs / "gbdt_img")], out_dir=blend_dir,
+        blend.run(blend.BlendConfig(runs=[str(runs / name) for name in BLEND_INPUTS], out_dir=blend_dir,
                                     method=cfg.blend_method))
 
     _stage("6/6 report", False)
@@ -143,9 +148,18 @@ def paired_comparisons(runs: Path, n_boot: int = 1000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pair_verdict(lo: float, hi: float) -> str:
+    """How a paired AUC difference reads: its 95% interval wholly above 0, wholly below 0, or across 0."""
+    if lo > 0:
+        return "clearly better"
+    if hi < 0:
+        return "clearly worse"
+    return "within noise"
+
+
 def _print_pairs(pairs: pd.DataFrame) -> None:
     for r in pairs.itertuples():
-        verdict = "better" if r.lo > 0 else "not clearly better"
+        verdict = pair_verdict(r.lo, r.hi)
         console.print(f"{r.model} vs {r.baseline}: AUC {r.auc_diff:+.4f} (95% CI {r.lo:+.4f} to {r.hi:+.4f}, "
                       f"patient bootstrap) - {verdict}", highlight=False)
 

@@ -84,21 +84,45 @@ def predict_cohort(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> np.nd
 
         return fusion.predict(run_dir, cohort, data_dir)
     if kind == "gbdt":
-        from melanet.train import gbdt
-
-        extra = None
-        sources = run_config(run_dir).get("with_oof") or []
-        if sources:
-            extra = pd.DataFrame({gbdt.oof_feature_name(src, i): _score(predict_cohort(Path(src), cohort, data_dir),
-                                                                         Path(src))
-                                  for i, src in enumerate(sources)}, index=cohort.index)
-        return gbdt.predict(run_dir, cohort, extra=extra)
+        # the mean over fold models, exactly as gbdt.predict averages them
+        return np.mean(list(_gbdt_fold_probs(run_dir, cohort, data_dir).values()), axis=0)
     from melanet import blend
 
     inputs = blend_inputs(run_dir)
     scores = pd.DataFrame({i: _score(predict_cohort(Path(src), cohort, data_dir), Path(src))
                            for i, src in enumerate(inputs)}, index=cohort.index)
     return blend.apply_blend(run_dir, scores)
+
+
+def fold_scores(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> dict[int, np.ndarray] | None:
+    """Each fold model's binary score for ``cohort``'s rows, or None for a run without fold models (a blend)."""
+    kind = run_kind(run_dir)
+    if kind == "fusion":
+        from melanet.train import fusion
+
+        probs = fusion.predict(run_dir, cohort, data_dir, per_fold=True)
+    elif kind == "gbdt":
+        probs = _gbdt_fold_probs(run_dir, cohort, data_dir)
+    else:
+        return None
+    return {k: _score(p, run_dir) for k, p in probs.items()}
+
+
+def _gbdt_fold_probs(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> dict[int, np.ndarray]:
+    from melanet.train import gbdt
+
+    extra, extra_folds = None, {}
+    sources = run_config(run_dir).get("with_oof") or []
+    if sources:
+        extra = pd.DataFrame(index=cohort.index)
+        for i, src in enumerate(sources):
+            name, folds = gbdt.oof_feature_name(src, i), fold_scores(Path(src), cohort, data_dir)
+            if folds is not None:
+                extra_folds[name] = folds
+                extra[name] = np.mean(list(folds.values()), axis=0)
+            else:
+                extra[name] = _score(predict_cohort(Path(src), cohort, data_dir), Path(src))
+    return gbdt.predict(run_dir, cohort, extra=extra, extra_folds=extra_folds, per_fold=True)
 
 
 def _score(prob: np.ndarray, run_dir: Path) -> np.ndarray:

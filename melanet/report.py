@@ -224,6 +224,14 @@ def _blend_section(page: _Page) -> str:
                               "model correlation"))
     inner = f'<div class="figs">{"".join(parts)}</div>'
     sentence = f"Blend of {', '.join(recipe['weights'])} by {recipe['method']}."
+    auto = recipe.get("auto")
+    if auto:
+        inner += (f"<h3>Method chosen by nested cross validation: {html.escape(auto['choice'])}</h3>"
+                  f"<p>{html.escape(auto['reason'])}. Rule: {html.escape(auto['rule'])}. Outer folds chose "
+                  f"{html.escape(str(auto['outer_choices']))}; the reported OOF is on "
+                  f"{html.escape(auto['oof_scale'])}.</p>"
+                  + plots.table_html(pd.DataFrame(auto["selection"])))
+        sentence += f" Auto chose {auto['choice']}" + (" (input passed through)." if auto["passthrough"] else ".")
     cmp_path = page.run_dir / COMPARISON_FILE
     if cmp_path.is_file():
         table = read_table(cmp_path, ["model", "auc"], "blend comparison")

@@ -262,8 +262,9 @@ def test_excluded_rows_are_not_trained_on_but_still_predicted(data, tmp_path):
 
 def test_refit_boosts_on_every_training_row_for_the_rounds_early_stopping_chose(data, tmp_path):
     data_dir, cohort, _ = data
-    gbdt.run(config(data_dir, tmp_path / "stopped", "refit=false"))
-    gbdt.run(config(data_dir, tmp_path / "refit"))
+    # one inner split in both runs (small-data settings would average several: tested below)
+    gbdt.run(config(data_dir, tmp_path / "stopped", "refit=false", "inner_splits=1", "small_data.max_rows=0"))
+    gbdt.run(config(data_dir, tmp_path / "refit", "inner_splits=1", "small_data.max_rows=0"))
     n_lab = len(labelled(cohort))
     for k in range(5):
         stopped, refit = (read_json(tmp_path / run / f"fold_{k}" / "DONE") for run in ("stopped", "refit"))
@@ -338,3 +339,57 @@ def test_inner_split_holds_out_whole_patients_of_both_classes():
 def test_packaged_config_equals_the_defaults(tmp_path):
     packaged = load_config(gbdt.GBDTConfig, "gbdt", extra={"data_dir": str(tmp_path), "out_dir": str(tmp_path)})
     assert packaged == gbdt.GBDTConfig(data_dir=tmp_path, out_dir=tmp_path)
+
+
+def test_with_oof_scores_enter_on_one_scale_fold_model_by_fold_model(data, tmp_path):
+    """Fold models with shifted score scales: rank features per fold model, test rows from each fold's own scores."""
+    data_dir, cohort, logit = data
+    rng = np.random.default_rng(2)
+    fold = cohort["fold"].to_numpy()
+    shift = {k: 1.5 * k - 3.0 for k in range(5)}  # fold model k scores everything shift[k] logits higher
+    noisy = logit + rng.normal(0, 0.5, len(logit))
+    own = 1 / (1 + np.exp(-(noisy + np.array([shift.get(int(f), 0.0) for f in fold]))))
+    image_run = write_image_run(tmp_path / "cnn", cohort, own)
+    mask = cohort["target"].isna().to_numpy()
+    spec = resolve_target(labelled(cohort)["target"], "target")
+    per_fold = {k: 1 / (1 + np.exp(-(noisy[mask] + shift[k]))) for k in range(5)}
+    for k, p in per_fold.items():
+        (image_run / f"fold_{k}").mkdir()
+        predictions_frame(cohort[mask], p, spec).to_parquet(image_run / f"fold_{k}" / "test.parquet", index=False)
+    out = tmp_path / "stacked"
+    gbdt.run(config(data_dir, out, with_oof=[str(image_run)]))
+    name = gbdt.oof_feature_name(image_run, 0)
+    scaling = read_json(out / "features.json")["oof_scaling"][name]
+    assert scaling["scale"] == "rank" and scaling["test_scores"] == "per_fold" and len(scaling["maps"]) == 5
+    new = cohort[mask]
+    expected = pd.read_parquet(out / "test.parquet").set_index("image_id").loc[new["image_id"], "pred"].to_numpy()
+    got = gbdt.predict(out, new, extra_folds={name: per_fold})
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    with pytest.raises(ArtifactError, match="extra_folds"):
+        gbdt.predict(out, new, extra=pd.DataFrame({name: np.mean(list(per_fold.values()), axis=0)}))
+    raw = gbdt.run(config(data_dir, tmp_path / "raw", "with_oof_scale=raw", with_oof=[str(image_run)]))
+    ranked = read_json(out / "metrics.json")
+    assert ranked["overall"]["auc"] > raw["overall"]["auc"]
+
+
+def test_small_data_settings_are_printed_and_written_resolved(data, tmp_path, capsys):
+    data_dir, cohort, _ = data
+    out = tmp_path / "small"
+    gbdt.run(config(data_dir, out, "lightgbm.num_leaves=31", "lightgbm.lambda_l2=3.0"))
+    printed = " ".join(capsys.readouterr().err.split())  # the console writes to stderr, wrapped at 80 columns
+    assert "small-data settings" in printed and "num_leaves: 31 -> 7" in printed
+    used = config_from_run(gbdt.GBDTConfig, out)
+    assert used.small_data.applied is True and used.inner_splits == 5
+    assert used.lightgbm["num_leaves"] == 7 and used.lightgbm["max_depth"] == 3
+    assert used.lightgbm["lambda_l2"] == 3.0  # set by the user: kept
+    assert used.lightgbm["min_data_in_leaf"] == 5  # FAST sets it: kept
+    # on a tiny cohort a leaf may hold at most 1/20 of the rows, so trees still split
+    from melanet.train.small_data import fit_to_rows
+    assert fit_to_rows({"min_data_in_leaf": 40}, 300)["min_data_in_leaf"] == 15
+    done = read_json(out / "fold_0" / "DONE")  # round count: the mean over 5 inner splits, scaled for the refit
+    assert len(done["inner_best_rounds"]) == 5
+    assert done["rounds"] == gbdt.refit_rounds(round(np.mean(done["inner_best_rounds"])), 0.2)
+    off = config(data_dir, tmp_path / "off", "small_data.max_rows=0")
+    gbdt.run(off)
+    assert config_from_run(gbdt.GBDTConfig, tmp_path / "off").small_data.applied is False
+    assert "small-data settings" not in capsys.readouterr().err

@@ -756,14 +756,16 @@ def merge(run_dir: str | Path) -> dict:
 
 
 def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
-            device: str | None = None) -> np.ndarray:
+            device: str | None = None, per_fold: bool = False) -> np.ndarray | dict[int, np.ndarray]:
     """Fold-averaged TTA probabilities of a trained run for ``cohort``'s rows.
 
     ``cohort`` has the cohort.parquet columns (ingest's output for new images;
     its images are read from ``data_dir``). Patient-context features are
     computed within ``cohort``. Returns (n,) for a binary target or
     (n, n_classes) in class order. Reproduces the run's ``test.parquet`` for
-    the same rows. Weights are read from safetensors only.
+    the same rows. Weights are read from safetensors only. With ``per_fold``
+    returns {fold: that fold model's probabilities} (what a GBDT stacked on
+    this run's scores maps fold model by fold model).
     """
     run = RunDir(Path(run_dir))
     cfg = config_from_run(FusionConfig, run.path)
@@ -777,7 +779,7 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
     store = ImageStore(data_dir, cohort["image_path"].astype(str).tolist(), cfg.image_size, cfg.train.preload_max_mb)
     rows = np.arange(len(cohort))
     n_outputs = 1 if info["classes"] is None else len(info["classes"])
-    total = None
+    probs: dict[int, np.ndarray] = {}
     for k in info["folds"]:
         state = read_json(run.fold_dir(k) / "meta_encoder.json")
         encoder = MetaEncoder.from_dict(state)
@@ -788,5 +790,10 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
         prob = predict_rows(model, store, rows, meta, tta=cfg.eval.tta,
                             batch_size=cfg.eval.batch_size or 2 * cfg.train.batch_size, device=dev,
                             precision=precision, channels_last=cfg.train.channels_last)
+        probs[int(k)] = prob
+    if per_fold:
+        return probs
+    total = None
+    for prob in probs.values():  # summed in fold order, as before: the same float result
         total = prob if total is None else total + prob
     return total / len(info["folds"])
