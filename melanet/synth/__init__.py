@@ -15,14 +15,22 @@ for the demo, the tests and the benchmarks. Written to ``OUT_DIR``:
 - ``truth.csv``: ``image_id, p_true, target`` for every image, then the
   diagnosis, split and the four logit terms, so the best achievable AUC is known.
 - ``faults.csv`` (with ``faults``): the deliberately broken inputs.
-- ``synth.json``: resolved config, counts, prevalence and per-term AUCs.
+- ``synth.json``: resolved config, counts, prevalence and, under
+  ``auc_against_target``, the AUC of ``p_true``, of each term alone and of
+  ``observable`` (image + meta + duckling: the observable ceiling, the best a
+  model can do from the files; ``p_true`` also holds the unseen noise).
 
 Label model: ``p_true = sigmoid(b0 + image + meta + duckling + noise)``,
 ``target ~ Bernoulli(p_true)``, ``b0`` bisected so that the mean of
 ``p_true`` equals ``prevalence``.
 
 - image: the lesion cues drawn in the pixels (border irregularity, colour
-  variegation, asymmetry, diameter);
+  variegation, asymmetry, diameter). ``image_cues`` chooses which carry it:
+  ``all`` (default), ``colour`` (variegation only) or ``shape`` (irregularity,
+  asymmetry, radius). The others are still drawn, as decoys with the same
+  distribution and no risk, and the term is rescaled to the spread the
+  ``all`` term has, so only *where* the signal sits changes. A way to ask
+  whether a recipe (say, colour augmentation) erases one kind of cue;
 - meta: non-linear in age, plus sex and a sex x site interaction (torso
   matters for men, lower extremity for women) and head/neck x old age;
 - duckling ("ugly duckling"): each patient has a signature nevus (tone,
@@ -45,17 +53,18 @@ import pandas as pd
 from melanet.console import console, progress
 from melanet.errors import InputDataError
 from melanet.io import write_bytes, write_csv, write_json, write_text
-from melanet.synth.config import (COLOR_ENCODINGS, DIAGNOSES, FAULTS, GRAY_ENCODINGS, PATTERNS, SITE_WEIGHTS,
-                                  SITES, SynthConfig, SynthResult)
+from melanet.synth.config import (COLOR_ENCODINGS, DIAGNOSES, FAULTS, GRAY_ENCODINGS, IMAGE_CUES, PATTERNS,
+                                  SITE_WEIGHTS, SITES, SynthConfig, SynthResult)
 from melanet.synth.render import image_rng, render_lesion, to_gray
-from melanet.synth.sampler import calibrate_intercept, component_aucs, meta_logit, sample_cohort
+from melanet.synth.sampler import (OBSERVABLE_TERMS, calibrate_intercept, component_aucs, meta_logit,
+                                   observable_logit, sample_cohort)
 from melanet.synth.writer import (VL_PHOTOGRAPHIC_IMAGE_STORAGE, dicom_bytes, dicom_dataset, fault_files,
                                   fault_table)
 
-__all__ = ["COLOR_ENCODINGS", "DIAGNOSES", "FAULTS", "GRAY_ENCODINGS", "PATTERNS", "SITES", "SITE_WEIGHTS",
-           "VL_PHOTOGRAPHIC_IMAGE_STORAGE", "SynthConfig", "SynthResult", "calibrate_intercept",
-           "component_aucs", "dicom_bytes", "dicom_dataset", "fault_files", "fault_table", "image_rng",
-           "meta_logit", "render_lesion", "run", "sample_cohort", "to_gray"]
+__all__ = ["COLOR_ENCODINGS", "DIAGNOSES", "FAULTS", "GRAY_ENCODINGS", "IMAGE_CUES", "OBSERVABLE_TERMS",
+           "PATTERNS", "SITES", "SITE_WEIGHTS", "VL_PHOTOGRAPHIC_IMAGE_STORAGE", "SynthConfig", "SynthResult",
+           "calibrate_intercept", "component_aucs", "dicom_bytes", "dicom_dataset", "fault_files", "fault_table",
+           "image_rng", "meta_logit", "observable_logit", "render_lesion", "run", "sample_cohort", "to_gray"]
 
 _SUMMARY = "synth.json"
 _IN_PROGRESS = ".synth_incomplete"
@@ -134,6 +143,7 @@ def run(cfg: SynthConfig) -> SynthResult:
         f"synth: {len(cohort)} images from {cfg.patients} patients ({n_labelled} labelled, "
         f"{len(cohort) - n_labelled} test{fault_note}), "
         f"prevalence {summary['prevalence']:.3f}, true-probability AUC {auc.get('p_true', float('nan')):.3f}, "
+        f"observable ceiling AUC {auc.get('observable', float('nan')):.3f}, "
         f"{seconds:.1f} s -> {out_dir}", soft_wrap=True)
     return SynthResult(out_dir=out_dir, dicom_dir=dicom_dir, labels_path=labels_path, truth_path=truth_path,
                        n_patients=cfg.patients, n_images=len(cohort), n_labelled=n_labelled,

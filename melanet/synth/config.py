@@ -23,6 +23,10 @@ SITES = ("TORSO", "ANTERIOR TORSO", "POSTERIOR TORSO", "LOWER EXTREMITY", "UPPER
 SITE_WEIGHTS = (0.22, 0.14, 0.15, 0.25, 0.15, 0.065, 0.02, 0.005)
 DIAGNOSES = ("melanoma", "nevus", "seborrheic_keratosis", "lentigo", "other")
 PATTERNS = ("homogeneous", "reticular", "globular")
+#: Which drawn cues carry the image logit term (``image_cues``), as (irregularity, variegation, asymmetry, radius).
+IMAGE_CUES = {"all": (True, True, True, True),
+              "colour": (False, True, False, False),
+              "shape": (True, False, True, True)}
 
 
 class SynthConfig(StageConfig):
@@ -41,6 +45,9 @@ class SynthConfig(StageConfig):
     image_signal: float = Field(1.0, ge=0.0, description="Scale of the pixel-cue logit term.")
     meta_signal: float = Field(1.0, ge=0.0, description="Scale of the age/sex/site logit term.")
     duckling_signal: float = Field(1.0, ge=0.0, description="Scale of the ugly-duckling logit term.")
+    image_cues: str = Field(
+        "all", description="Cues that carry the image term: all, colour (variegation) or shape (irregularity, "
+                           "asymmetry, radius); the others are drawn as nuisance. See IMAGE_CUES.")
     noise_scale: float = Field(1.0, ge=0.0, description="Scale of the unobserved logit noise.")
     encoding_weights: dict[str, float] = Field(
         default_factory=lambda: {"jpeg_baseline": 0.55, "explicit_vr_le": 0.15,
@@ -48,6 +55,14 @@ class SynthConfig(StageConfig):
         description="Relative frequency of each colour encoding.")
     extensionless_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Files written without '.dcm'.")
     subfolder_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Files written in a batch_<k>/ subfolder.")
+
+    @field_validator("image_cues")
+    @classmethod
+    def _known_cues(cls, cues: str) -> str:
+        if cues not in IMAGE_CUES:
+            raise ValueError(f"unknown image_cues {cues!r}{did_you_mean(cues, IMAGE_CUES)}; "
+                             f"choose from {', '.join(IMAGE_CUES)}")
+        return cues
 
     @field_validator("encoding_weights")
     @classmethod
@@ -76,5 +91,6 @@ class SynthResult:
     n_labelled: int
     n_faults: int
     prevalence: float
+    #: AUC against the drawn target: p_true, each term, and ``observable`` (the observable ceiling).
     auc: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0

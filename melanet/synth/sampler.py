@@ -13,7 +13,7 @@ import pandas as pd
 from pydicom.uid import generate_uid
 from sklearn.metrics import roc_auc_score
 
-from melanet.synth.config import DIAGNOSES, GRAY_ENCODINGS, SITE_WEIGHTS, SITES, SynthConfig
+from melanet.synth.config import DIAGNOSES, GRAY_ENCODINGS, IMAGE_CUES, SITE_WEIGHTS, SITES, SynthConfig
 
 _GIVEN = ("Ana", "Ben", "Chloe", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Kate", "Liam",
           "Maya", "Noah", "Olga", "Pedro", "Quinn", "Rosa", "Sami", "Tara", "Umar", "Vera", "Wim", "Yara")
@@ -22,6 +22,7 @@ _FAMILY = ("Abbott", "Berg", "Castillo", "Dubois", "Eriksen", "Fischer", "Garcia
            "Schmidt", "Tanaka", "Umarov", "Varga", "Weber", "Zhou")
 
 _BASE_DATE = date(2010, 1, 1)
+_NUISANCE_STREAM = 3  # decoy cues of image_cues != 'all': default_rng([seed, _NUISANCE_STREAM])
 
 
 # --------------------------------------------------------------------------- label model
@@ -63,12 +64,28 @@ def meta_logit(age: np.ndarray, male: np.ndarray, site: np.ndarray) -> np.ndarra
 
 
 def component_aucs(frame: pd.DataFrame) -> dict[str, float]:
-    """ROC AUC of ``p_true`` and of each logit term alone against the drawn ``target``."""
+    """ROC AUC against the drawn ``target`` of ``p_true``, of each logit term alone (``image``, ``meta``,
+    ``duckling``, ``noise``) and of the observable ceiling (``observable``: :func:`observable_logit`)."""
     y = frame["target"].to_numpy()
     if len(np.unique(y)) < 2:
         return {}
     cols = ["p_true", "image_term", "meta_term", "duckling_term", "noise_term"]
-    return {c.removesuffix("_term"): float(roc_auc_score(y, frame[c])) for c in cols}
+    auc = {c.removesuffix("_term"): float(roc_auc_score(y, frame[c])) for c in cols}
+    auc["observable"] = float(roc_auc_score(y, observable_logit(frame)))
+    return auc
+
+
+#: The logit terms a model can see (everything but the unobserved noise).
+OBSERVABLE_TERMS = ("image_term", "meta_term", "duckling_term")
+
+
+def observable_logit(frame: pd.DataFrame) -> np.ndarray:
+    """image + meta + duckling terms (logit units): the best score a model can reach from the files.
+
+    Its AUC is the observable ceiling; the ``p_true`` AUC also uses the noise
+    term, which no model sees.
+    """
+    return frame[list(OBSERVABLE_TERMS)].to_numpy(float).sum(axis=1)
 
 
 # --------------------------------------------------------------------------- cohort
@@ -121,8 +138,9 @@ def sample_cohort(cfg: SynthConfig, rng: np.random.Generator | None = None) -> p
     atypia_dev = np.where(outlier, rng.normal(0.4, 0.9, n), rng.normal(0.0, 0.45, n))
     atypia = sig_atypia[pat] + atypia_dev
     cue = atypia[:, None] + rng.normal(0.0, 0.6, (n, 3))  # irregularity, variegation, asymmetry
-    irregularity, variegation, asymmetry = _sigmoid(1.3 * cue - 0.9).T
     radius = np.clip(0.30 * np.exp(sig_size[pat] + size_dev + 0.12 * atypia), 0.12, 0.75)
+    shown_cue, shown_radius = _nuisance_cues(cfg, cue, atypia, sig_size[pat] + size_dev, radius)
+    irregularity, variegation, asymmetry = _sigmoid(1.3 * shown_cue - 0.9).T
     site_missing = rng.random(n) < 0.10
     site = np.asarray(SITES)[rng.choice(len(SITES), n, p=np.asarray(SITE_WEIGHTS) / sum(SITE_WEIGHTS))]
     hairs = rng.poisson(hair_rate[pat])
@@ -131,6 +149,8 @@ def sample_cohort(cfg: SynthConfig, rng: np.random.Generator | None = None) -> p
 
     # Logit terms, each centred so b0 carries the prevalence.
     image = cfg.image_signal * (1.25 * cue.mean(axis=1) + 1.1 * np.log(radius / 0.30))
+    if cfg.image_cues != "all":
+        image = _image_term_from(cfg.image_cues, cue, radius, scale_like=image)
     meta = cfg.meta_signal * meta_logit(age[pat], male[pat], site)
     style_dev = np.sqrt(((hue - sig_hue[pat]) / 0.15) ** 2 + (size_dev / 0.3) ** 2
                         + 2.0 * (pattern != sig_pattern[pat]))
@@ -194,7 +214,7 @@ def sample_cohort(cfg: SynthConfig, rng: np.random.Generator | None = None) -> p
         "skin_tone": skin_tone[pat],
         "hue": hue,
         "pattern": pattern,
-        "radius": radius,
+        "radius": shown_radius,
         "irregularity": irregularity,
         "variegation": variegation,
         "asymmetry": asymmetry,
@@ -212,6 +232,41 @@ def sample_cohort(cfg: SynthConfig, rng: np.random.Generator | None = None) -> p
         # Drawn last so that the rest of the cohort is the same with and without faults.
         frame.loc[int(rng.integers(0, n)), "encoding"] = "no_file_meta"
     return frame
+
+
+def _nuisance_cues(cfg: SynthConfig, cue: np.ndarray, atypia: np.ndarray, log_size: np.ndarray,
+                   radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The latent cues (n, 3: irregularity, variegation, asymmetry) and radius the pixels show.
+
+    ``image_cues='all'``: the risk-bearing ones, unchanged. Otherwise the cues
+    that do not carry the image term (IMAGE_CUES) are redrawn as decoys with
+    the same distribution but no link to the risk: the atypia of a random
+    other image plus fresh cue noise, from a separate random stream (so the
+    rest of the cohort - patients, metadata, noise - is the same draw). A
+    decoy radius keeps the patient's size signature and the lesion's size
+    departure (the duckling term reads them against the patient's other
+    lesions) and loses only its atypia share.
+    """
+    carries = np.asarray(IMAGE_CUES[cfg.image_cues])
+    if carries.all():
+        return cue, radius
+    nuisance = np.random.default_rng([cfg.seed, _NUISANCE_STREAM])
+    decoy_atypia = atypia[nuisance.permutation(len(atypia))]
+    decoy = decoy_atypia[:, None] + nuisance.normal(0.0, 0.6, cue.shape)
+    shown_cue = np.where(carries[:3], cue, decoy)
+    shown_radius = radius if carries[3] else np.clip(0.30 * np.exp(log_size + 0.12 * decoy_atypia), 0.12, 0.75)
+    return shown_cue, shown_radius
+
+
+def _image_term_from(cues: str, cue: np.ndarray, radius: np.ndarray, scale_like: np.ndarray) -> np.ndarray:
+    """The image term carried by the ``cues`` subset only, rescaled to the standard deviation of ``scale_like``
+    (the 'all' term of the same cohort), so that ``image_signal`` means the same strength whichever cues carry it."""
+    carries = IMAGE_CUES[cues]
+    parts = [1.25 * cue[:, [i for i in range(3) if carries[i]]].mean(axis=1)]
+    if carries[3]:
+        parts.append(1.1 * np.log(radius / 0.30))
+    raw = sum(parts)
+    return raw * (scale_like.std() / (raw.std() + 1e-12))
 
 
 def _diagnosis(target: np.ndarray, age: np.ndarray, site: np.ndarray, rng: np.random.Generator) -> np.ndarray:
