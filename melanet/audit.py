@@ -21,6 +21,8 @@ pred``), :func:`audit_oof` reports, on the OOF rows:
 - ``ceiling_auc``, ``ceiling_pauc80``: AUC and pAUC80 of the observable logit
   (image + meta + duckling terms) on the same rows, the best score a model can
   reach from the files; ``gap`` = ``ceiling_auc - auc``;
+- ``image_term_auc``: AUC of the image term alone on the same rows (the
+  yardstick of an image-only model);
 - ``p_true_auc``: AUC of the true probability (it also holds the unseen noise).
 
 Pure: tables in, numbers out. ``scripts/bench_accuracy.py`` runs the trainers
@@ -44,7 +46,7 @@ TERMS = (*OBSERVABLE, "noise")
 TRUTH_COLUMNS = ("image_id", *(f"{t}_term" for t in TERMS), "p_true")
 #: Column order of :func:`audit_runs`.
 COLUMNS = ("model", "n", "auc", "pauc80", *(f"corr_{t}" for t in TERMS), *(f"share_{t}" for t in OBSERVABLE),
-           "r2", "ceiling_auc", "ceiling_pauc80", "gap", "p_true_auc")
+           "r2", "ceiling_auc", "ceiling_pauc80", "gap", "image_term_auc", "p_true_auc")
 
 _CLIP = 1e-6
 
@@ -123,6 +125,7 @@ def audit_oof(oof: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
         "ceiling_auc": ceiling_auc,
         "ceiling_pauc80": partial_auc_above_tpr(y, ceiling),
         "gap": ceiling_auc - auc,
+        "image_term_auc": float(roc_auc_score(y, terms["image"])),
         "p_true_auc": float(roc_auc_score(y, both["p_true"])),
     }
 
