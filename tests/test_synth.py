@@ -244,7 +244,7 @@ def test_image_cues_choose_which_drawn_cues_carry_the_image_term(cues, carriers,
 
 
 def test_unknown_image_cues_is_refused_with_a_suggestion(tmp_path):
-    result = CliRunner().invoke(app, ["synth", str(tmp_path / "o"), "--patients", "2", "--set", "image_cues=color"])
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "o"), "--patients", "2", "--image-cues", "color"])
     assert isinstance(result.exception, ConfigError)
     assert "image_cues" in str(result.exception) and "did you mean 'colour'" in str(result.exception)
 
