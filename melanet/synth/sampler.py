@@ -100,6 +100,9 @@ def sample_cohort(cfg: SynthConfig, rng: np.random.Generator | None = None) -> p
     dark brown), ``pattern`` (index into PATTERNS), ``radius`` (fraction of
     half the image side), ``irregularity``/``variegation``/``asymmetry``
     (0-1), ``hairs`` (count), ``vignette`` (0-1), ``scope_ring`` (bool).
+    With ``cfg.image_cues`` other than ``all``, the cues that do not carry the
+    image term are decoys (:func:`_nuisance_cues`); every other column is the
+    same draw as with ``all``.
     """
     rng = np.random.default_rng(cfg.seed) if rng is None else rng
     n_pat = cfg.patients
@@ -245,7 +248,9 @@ def _nuisance_cues(cfg: SynthConfig, cue: np.ndarray, atypia: np.ndarray, log_si
     rest of the cohort - patients, metadata, noise - is the same draw). A
     decoy radius keeps the patient's size signature and the lesion's size
     departure (the duckling term reads them against the patient's other
-    lesions) and loses only its atypia share.
+    lesions) and loses only its atypia share; it keeps a faint link (|r| <
+    0.1) to a colour-carried image term because "outlier" lesions are drawn
+    both larger and more atypical.
     """
     carries = np.asarray(IMAGE_CUES[cfg.image_cues])
     if carries.all():
