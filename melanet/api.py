@@ -107,8 +107,8 @@ def _folds(folds: str | Iterable[int] | None) -> list[int] | None:
 
 def synth(out_dir: PathLike, *, patients: int | None = None, seed: int | None = None,
           image_size: int | None = None, prevalence: float | None = None, faults: bool | None = None,
-          grayscale: float | None = None, config: ConfigArg = None, set: Iterable[str] | None = None,
-          overrides: Mapping[str, Any] | None = None, **options: Any) -> Synth:
+          grayscale: float | None = None, image_cues: str | None = None, config: ConfigArg = None,
+          set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None, **options: Any) -> Synth:
     """Write a synthetic DICOM cohort with known true probabilities (``melanet synth``).
 
     ``out_dir`` receives ``dicom/``, ``labels.csv``, ``truth.csv`` and ``synth.json``.
@@ -120,7 +120,8 @@ def synth(out_dir: PathLike, *, patients: int | None = None, seed: int | None = 
     stage = _stage("synth")
     cfg = _config(stage.SynthConfig, config, set, {
         "out_dir": out_dir, "patients": patients, "seed": seed, "image_size": image_size,
-        "prevalence": prevalence, "faults": faults or None, "grayscale_fraction": grayscale}, overrides, options)
+        "prevalence": prevalence, "faults": faults or None, "grayscale_fraction": grayscale,
+        "image_cues": image_cues}, overrides, options)
     result = stage.run(cfg)
     return Synth(result.out_dir)
 

@@ -63,12 +63,13 @@ def synth(
     prevalence: Annotated[Optional[float], typer.Option(help="Approximate fraction of malignant lesions.")] = None,
     faults: Annotated[bool, typer.Option(help="Add broken inputs (truncated, non-DICOM, no pixels, no file meta).")] = False,
     grayscale: Annotated[Optional[float], typer.Option(help="Fraction of grayscale MONOCHROME1/2 files with rescale and window tags.")] = None,
+    image_cues: Annotated[Optional[str], typer.Option(help="Cues that carry the image term: all, colour or shape (the others are drawn as nuisance).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Write a synthetic DICOM cohort with known true probabilities."""
     api.synth(out_dir, patients=patients, seed=seed, image_size=image_size, prevalence=prevalence, faults=faults,
-              grayscale=grayscale, config=config, set=set_)
+              grayscale=grayscale, image_cues=image_cues, config=config, set=set_)
 
 
 @app.command()
