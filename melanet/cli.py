@@ -33,6 +33,7 @@ RunOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder to writ
 ExcludeOpt = Annotated[Optional[Path], typer.Option(help="CSV with image_id of rows to leave out of training (still predicted out of fold).")]
 TrackOpt = Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")]
 TrackUriOpt = Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: a local file store in the run).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace another run found in --out (otherwise refused).")]
 
 
 def _folds_arg(folds: str | None) -> list[int] | None:
@@ -110,6 +111,7 @@ def train_fusion(
     exclude: ExcludeOpt = None,
     track: TrackOpt = None,
     track_uri: TrackUriOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a timm CNN fused with a metadata MLP, k-fold, writing OOF and test predictions."""
     from melanet.config import load_config
@@ -117,7 +119,7 @@ def train_fusion(
 
     cfg = load_config(stage.FusionConfig, config, set_, extra={
         "data_dir": str(data), "out_dir": str(out), "exclude": str(exclude) if exclude else None,
-        "track": track, "track_uri": track_uri})
+        "track": track, "track_uri": track_uri, "overwrite": overwrite or None})
     stage.run(cfg, folds=_folds_arg(folds), resume=resume)
 
 
@@ -135,6 +137,8 @@ def train_gbdt(
     exclude: ExcludeOpt = None,
     track: TrackOpt = None,
     track_uri: TrackUriOpt = None,
+    resume: Annotated[bool, typer.Option(help="Keep the folds an interrupted run of the same settings finished.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train LightGBM/XGBoost on metadata (+ patient context) on the same folds."""
     from melanet.config import load_config
@@ -143,8 +147,9 @@ def train_gbdt(
     cfg = load_config(stage.GBDTConfig, config, set_, extra={
         "data_dir": str(data), "out_dir": str(out), "engine": engine, "backend": backend, "scheduler": scheduler,
         "with_oof": [str(p) for p in with_oof] if with_oof else None, "tune": tune,
-        "exclude": str(exclude) if exclude else None, "track": track, "track_uri": track_uri})
-    stage.run(cfg)
+        "exclude": str(exclude) if exclude else None, "track": track, "track_uri": track_uri,
+        "overwrite": overwrite or None})
+    stage.run(cfg, resume=resume)
 
 
 @app.command()
@@ -164,6 +169,7 @@ def blend(
     set_: SetOpt = None,
     track: TrackOpt = None,
     track_uri: TrackUriOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Blend runs' OOF and test predictions; report whether the blend beats each part."""
     from melanet import blend as stage
@@ -171,7 +177,7 @@ def blend(
 
     cfg = load_config(stage.BlendConfig, config, set_, extra={
         "runs": [str(r) for r in runs], "out_dir": str(out), "method": method,
-        "track": track, "track_uri": track_uri})
+        "track": track, "track_uri": track_uri, "overwrite": overwrite or None})
     stage.run(cfg)
 
 

@@ -47,7 +47,7 @@ from melanet.cohort import COHORT_FILE, DICOM_COLUMNS, ERRORS_FILE
 from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console, progress
 from melanet.errors import DicomError, InputDataError, did_you_mean, unknown_choice
-from melanet.io import atomic_path, write_csv, write_json, write_parquet, write_text
+from melanet.io import atomic_path, check_out_dir, write_csv, write_json, write_parquet, write_text
 
 # Only these suffixes are stripped from file names to make image_id: DICOM file
 # names are often UIDs ("1.2.840.113619.2.55.3") whose dots are not extensions.
@@ -479,7 +479,7 @@ def write_part(path: Path, part: pd.DataFrame) -> None:
 def run(cfg: IngestConfig) -> IngestResult:
     """Ingest ``cfg.dicom_dir`` into ``cfg.out_dir`` (see module docstring)."""
     start = time.perf_counter()
-    out_dir = Path(cfg.out_dir)
+    out_dir = check_out_dir(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = read_labels(Path(cfg.labels)) if cfg.labels else None
     key = load_key(out_dir)
