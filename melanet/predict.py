@@ -38,6 +38,17 @@ def run_config(run_dir: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def check_runs(run_dir: Path) -> None:
+    """Verify every file of ``run_dir`` and of the runs it feeds on, before new files are decoded."""
+    record = check_run(run_dir, KINDS, reader="predict")
+    record.verify_all()
+    if record.kind == "blend":
+        for src in blend_inputs(run_dir):
+            check_runs(Path(src))
+    for src in (run_config(run_dir).get("with_oof") or []) if record.kind == "gbdt" else []:
+        check_runs(Path(src))
+
+
 def training_data_dir(run_dir: Path) -> Path:
     """The data folder a run was trained on (for blends: that of the first input run)."""
     run_dir = Path(run_dir)
@@ -137,6 +148,7 @@ def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
         raise ArtifactError(f"DICOM folder {dicom_dir} {'is a file' if dicom_dir.exists() else 'not found'}; "
                             f"give the folder of new DICOM files")
     kind = run_kind(run_dir)
+    check_runs(run_dir)
     data_dir = training_data_dir(run_dir)
     settings = data_dir / "ingest_config.yaml"
     if not settings.is_file():

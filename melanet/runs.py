@@ -263,7 +263,8 @@ class RunDir:
             raise ArtifactError(f"{path} is a {marker.get('kind')} run, not a {kind} run; {command} applies to "
                                 f"{kind} runs only")
         if marker.get("clearing"):
-            raise ArtifactError(f"{path} was being replaced when it stopped; re-run `{marker.get('command')}`")
+            raise ArtifactError(f"{path} was being replaced when it stopped; re-run "
+                                f"`{str(marker.get('command')).replace('{run}', str(path))}`")
         return cls(path, run_id=marker.get("run_id"), kind=kind)
 
     def begin(self, kind: str, identity: tuple[str, dict], command: str, overwrite: bool = False) -> "RunDir":
@@ -275,6 +276,7 @@ class RunDir:
         from here until :meth:`complete`.
         """
         run_id, ident = identity
+        command = _template(command, self.path)
         check_out_dir(self.path)
         old = _read_marker(self.path / RUN_FILE)
         old_id = old.get("run_id") if old else None
@@ -379,6 +381,13 @@ def finish_run(run_dir: str | Path, kind: str, files: list[str] | None = None, c
     return run.complete(files, folds=[])
 
 
+def _template(command: str, run_dir: Path) -> str:
+    """``command`` with the run folder as ``{run}``, so the hint names the folder wherever it is later read."""
+    base = str(run_dir)
+    return " ".join("{run}" + tok[len(base):] if tok == base or tok.startswith(base + "/") else tok
+                    for tok in command.split(" "))
+
+
 def _read_marker(path: Path) -> dict | None:
     """A JSON marker (run.json, DONE, COMPLETE), or None when absent or unreadable (a foreign or torn file)."""
     if not path.is_file():
@@ -426,6 +435,11 @@ class RunRecord:
                                 f"restore it or re-run `{self.command}`")
         return path
 
+    def verify_all(self) -> None:
+        """:meth:`verify` every recorded file (before work that would be wasted on a damaged run)."""
+        for name in self.files:
+            self.verify(name)
+
 
 def check_run(run_dir: str | Path, kinds: tuple[str, ...] = KINDS, reader: str = "this command") -> RunRecord:
     """The run in ``run_dir`` if it is complete and consistent; else one-line ArtifactError with the re-run command.
@@ -441,7 +455,7 @@ def check_run(run_dir: str | Path, kinds: tuple[str, ...] = KINDS, reader: str =
         raise ArtifactError(f"{run_dir} is a file, not a run folder; give the folder a melanet stage wrote")
     started = _read_marker(run_dir / RUN_FILE)
     done = _read_marker(run_dir / COMPLETE_FILE)
-    command = (started or {}).get("command") or "the stage that wrote it"
+    command = ((started or {}).get("command") or "the stage that wrote it").replace("{run}", str(run_dir))
     if done is None:
         if started is None:
             what = ("was written by an older melanet or by hand" if _has_run_files(run_dir) else

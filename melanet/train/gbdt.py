@@ -142,8 +142,11 @@ class TreeModel:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
 
     def _error(self, exc: Exception) -> ConfigError:
-        return ConfigError(f"{self.name} rejected the parameters {self.params}: {exc}; "
-                           f"fix the `{self.name}:` section of the config")
+        # The engine's own words, on one line, without the C++ source location it appends.
+        why = re.sub(r"\s+at \S+\.(cpp|cc|h), line \d+\s*\.?", "", " ".join(str(exc).split())).strip()
+        why = re.sub(r"^\[[\d:]+\] ", "", why)
+        return ConfigError(f"{self.name} rejected a parameter ({why}); fix the `{self.name}:` section of the config "
+                           f"or the --set {self.name}.<name>=... override")
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, X_valid: pd.DataFrame | None = None,
             y_valid: np.ndarray | None = None) -> "TreeModel":
