@@ -247,7 +247,10 @@ def main() -> None:
     except MelanetError as exc:
         if _state["verbose"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # soft_wrap: one line however narrow the terminal, so it can be grepped and copied whole
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
