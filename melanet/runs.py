@@ -230,7 +230,7 @@ def run_identity(kind: str, config: dict[str, Any], inputs: dict[str, Any]) -> t
 def _differences(old: dict, new: dict, limit: int = 3) -> str:
     a, b = flatten(old or {}), flatten(new or {})
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:limit])
+    shown = ", ".join(f"{k.removeprefix('config.')}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:limit])
     return shown + (f" (+{len(changed) - limit} more)" if len(changed) > limit else "")
 
 
