@@ -464,9 +464,10 @@ def check_run(run_dir: str | Path, kinds: tuple[str, ...] = KINDS, reader: str =
                                 f"re-run the stage that writes it")
         folds = sorted(p.parent.name for p in run_dir.glob(f"fold_*/{DONE_FILE}")
                        if (_read_marker(p) or {}).get("run_id") == started.get("run_id"))
-        state = "being replaced" if started.get("clearing") else             f"unfinished{' (finished: ' + ', '.join(folds) + ')' if folds else ''}"
-        raise ArtifactError(f"{run_dir} is an incomplete {started.get('kind', '')} run {state}: it was interrupted "
-                            f"or is still running; {reader} refuses it - finish it with `{command}`")
+        detail = ("the previous run's files were being removed" if started.get("clearing") else
+                  f"finished: {', '.join(folds)}" if folds else "no fold finished")
+        raise ArtifactError(f"{run_dir} is an incomplete {started.get('kind', '')} run ({detail}): it was "
+                            f"interrupted or is still running; {reader} refuses it - finish it with `{command}`")
     run_id = done.get("run_id")
     if started is None or started.get("run_id") != run_id or started.get("clearing"):
         raise ArtifactError(f"{run_dir} mixes two runs (run.json names {(started or {}).get('run_id')}, "

@@ -193,6 +193,7 @@ def test_variants_run_one_fold(cohort_dir, tmp_path, overrides):
         assert any((out / "tensorboard").glob("events.out.tfevents.*"))
     if "train.ema_decay=0.9" in overrides:  # the saved weights are the averaged ones that predicted the OOF
         _rewrite_done_folds(out, [1])
+        _mark_complete(out, [1])
         cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
         pred = pd.Series(fusion.predict(out, cohort, cohort_dir), index=cohort["image_id"])
         np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)
