@@ -457,6 +457,8 @@ def check_run(run_dir: str | Path, kinds: tuple[str, ...] = KINDS, reader: str =
     done = _read_marker(run_dir / COMPLETE_FILE)
     command = ((started or {}).get("command") or "the stage that wrote it").replace("{run}", str(run_dir))
     if done is None:
+        if started is None and run_dir.name.startswith("fold_") and (run_dir.parent / RUN_FILE).is_file():
+            raise ArtifactError(f"{run_dir} is one fold of the run {run_dir.parent}; give the run folder")
         if started is None:
             what = ("was written by an older melanet or by hand" if _has_run_files(run_dir) else
                     "is not a melanet run folder")
