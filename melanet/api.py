@@ -162,20 +162,22 @@ def ingest(dicom_dir: PathLike, out: PathLike, *, labels: PathLike | None = None
 
 def train_fusion(data: PathLike, out: PathLike, *, config: ConfigArg = "fusion",
                  folds: str | Iterable[int] | None = None, resume: bool = False, exclude: PathLike | None = None,
-                 track: str | None = None, track_uri: str | None = None, set: Iterable[str] | None = None,
-                 overrides: Mapping[str, Any] | None = None, **options: Any) -> Run:
+                 track: str | None = None, track_uri: str | None = None, overwrite: bool | None = None,
+                 set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
+                 **options: Any) -> Run:
     """Train the timm CNN + metadata MLP k-fold on ``data`` into ``out`` (``melanet train-fusion``).
 
     ``config`` defaults to the packaged ``fusion``; ``fusion-cpu-small`` is the
     CPU-sized one. ``folds`` runs a subset (``[0, 1]`` or ``"0,1"``; finish with
     :func:`merge`); ``resume`` skips finished folds; ``exclude`` is a CSV of
-    ``image_id``s left out of training. Returns the :class:`~melanet.results.Run`.
+    ``image_id``s left out of training; ``overwrite`` replaces a different run
+    already in ``out``. Returns the :class:`~melanet.results.Run`.
     """
     prepare_process()  # before torch loads: the OpenMP wait policy is read then
     stage = importlib.import_module("melanet.train.fusion")
     cfg = _config(stage.FusionConfig, config, set, {
-        "data_dir": data, "out_dir": out, "exclude": exclude, "track": track, "track_uri": track_uri},
-        overrides, options)
+        "data_dir": data, "out_dir": out, "exclude": exclude, "track": track, "track_uri": track_uri,
+        "overwrite": overwrite}, overrides, options)
     _require_tracking(cfg.track)
     return Run(stage.run(cfg, folds=_folds(folds), resume=resume))
 
@@ -184,21 +186,22 @@ def train_gbdt(data: PathLike, out: PathLike, *, config: ConfigArg = "gbdt", eng
                backend: str | None = None, scheduler: str | None = None,
                with_oof: PathLike | Iterable[PathLike] | None = None, tune: int | None = None,
                exclude: PathLike | None = None, track: str | None = None, track_uri: str | None = None,
-               set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
+               resume: bool = False, overwrite: bool | None = None, set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
                **options: Any) -> Run:
     """Train LightGBM/XGBoost k-fold on ``data``'s metadata (+ patient context) into ``out`` (``melanet train-gbdt``).
 
     ``with_oof`` names image-model runs whose OOF/test scores become features;
     ``tune`` is a number of Optuna trials (needs ``melanet[scale]``);
-    ``backend="dask"`` boosts on a Dask cluster (needs ``melanet[scale]``).
-    Returns the :class:`~melanet.results.Run`.
+    ``backend="dask"`` boosts on a Dask cluster (needs ``melanet[scale]``);
+    ``resume`` keeps the folds an interrupted run of the same settings finished;
+    ``overwrite`` replaces a different run already in ``out``. Returns the :class:`~melanet.results.Run`.
     """
     prepare_process()
     stage = importlib.import_module("melanet.train.gbdt")
     cfg = _config(stage.GBDTConfig, config, set, {
         "data_dir": data, "out_dir": out, "engine": engine, "backend": backend, "scheduler": scheduler,
-        "with_oof": _paths(with_oof), "tune": tune, "exclude": exclude, "track": track, "track_uri": track_uri},
-        overrides, options)
+        "with_oof": _paths(with_oof), "tune": tune, "exclude": exclude, "track": track, "track_uri": track_uri,
+        "overwrite": overwrite}, overrides, options)
     from melanet.optional import require
 
     if cfg.tune:
@@ -207,7 +210,7 @@ def train_gbdt(data: PathLike, out: PathLike, *, config: ConfigArg = "gbdt", eng
         require("dask.distributed", "train-gbdt --backend dask")
         require("dask.dataframe", "train-gbdt --backend dask")
     _require_tracking(cfg.track)
-    stage.run(cfg)
+    stage.run(cfg, resume=resume)
     return Run(cfg.out_dir)
 
 
@@ -219,8 +222,8 @@ def merge(run_dir: PathLike) -> Run:
 
 
 def blend(runs: Iterable[PathLike], out: PathLike, *, method: str | None = None, config: ConfigArg = None,
-          track: str | None = None, track_uri: str | None = None, set: Iterable[str] | None = None,
-          overrides: Mapping[str, Any] | None = None, **options: Any) -> Run:
+          track: str | None = None, track_uri: str | None = None, overwrite: bool | None = None,
+          set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None, **options: Any) -> Run:
     """Blend runs' OOF and test predictions into ``out`` (``melanet blend``); ``method``: rank, weights or stack.
 
     Prints whether the blend beats each input (cross-validated on the OOF
@@ -229,8 +232,8 @@ def blend(runs: Iterable[PathLike], out: PathLike, *, method: str | None = None,
     prepare_process()
     stage = _stage("blend")
     cfg = _config(stage.BlendConfig, config, set, {
-        "runs": _paths(runs), "out_dir": out, "method": method, "track": track, "track_uri": track_uri},
-        overrides, options)
+        "runs": _paths(runs), "out_dir": out, "method": method, "track": track, "track_uri": track_uri,
+        "overwrite": overwrite}, overrides, options)
     _require_tracking(cfg.track)
     stage.run(cfg)
     return Run(cfg.out_dir)

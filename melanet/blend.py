@@ -50,7 +50,8 @@ from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, unknown_choice
 from melanet.io import read_json, write_csv, write_json, write_parquet, write_text
-from melanet.runs import TargetSpec, evaluate, predictions_frame, read_run, spec_from_metrics
+from melanet.runs import (RunDir, TargetSpec, check_out_dir, check_run, comparable_config, evaluate,
+                          predictions_frame, read_run, run_identity, spec_from_metrics)
 
 BLEND_FILE = "blend.json"
 COMPARISON_FILE = "comparison.csv"
@@ -71,6 +72,11 @@ class BlendConfig(StageConfig):
     report: bool = Field(True, description="Write report.html into the blend folder.")
     track: str = "none"
     track_uri: str | None = None
+    overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
+
+
+# Keys that do not change the blend (the input runs enter the id by their run ids, not their paths).
+_OPERATIONAL = {"runs", "out_dir", "report", "track", "track_uri", "overwrite"}
 
 
 # --- blenders (scikit-learn estimator contract) -------------------------------------------
@@ -463,11 +469,11 @@ def _blender_from_recipe(recipe: dict) -> BaseEstimator:
 
 
 def read_recipe(run_dir: str | Path) -> dict:
-    """The blend recipe (``blend.json``) of a blend run."""
+    """The blend recipe (``blend.json``) of a complete blend run."""
     path = Path(run_dir) / BLEND_FILE
     if not path.is_file():
         raise ArtifactError(f"{path} not found: is {run_dir} a `melanet blend` run?")
-    return read_json(path)
+    return read_json(check_run(run_dir, ("blend",)).verify(BLEND_FILE))
 
 
 def input_runs(run_dir: str | Path) -> list[Path]:
@@ -515,10 +521,10 @@ def run(cfg: BlendConfig) -> dict:
     blender = make_blender(cfg.method, C=cfg.stack_c)
     if cfg.track not in BACKENDS:  # fail before the work, not after it
         raise unknown_choice("tracking backend", cfg.track, BACKENDS)
-    out = Path(cfg.out_dir)
-    inputs = load_inputs(cfg.runs)
-    if any(p.resolve() == out.resolve() for p in inputs.paths):
+    out = check_out_dir(cfg.out_dir)
+    if any(Path(p).resolve() == out.resolve() for p in cfg.runs):
         raise ConfigError(f"--out {out} is one of the input runs; choose a new folder for the blend")
+    inputs = load_inputs(cfg.runs)
     y, folds = inputs.oof["target"].to_numpy(), inputs.oof["fold"].to_numpy()
 
     if cfg.method == "auto":
@@ -544,7 +550,8 @@ def run(cfg: BlendConfig) -> dict:
         "method": cfg.method,
         "params": final.get_params(),
         "inputs": [{"name": n, "path": str(p.resolve()), "relative_path": os.path.relpath(p.resolve(), out.resolve()),
-                    "score_column": c} for n, p, c in zip(inputs.names, inputs.paths, inputs.score_columns)],
+                    "score_column": c, "run_id": check_run(p).run_id}
+                   for n, p, c in zip(inputs.names, inputs.paths, inputs.score_columns)],
         "runs": [str(p.resolve()) for p in inputs.paths],  # the same paths as flat lists, for `predict`
         "runs_relative": [os.path.relpath(p.resolve(), out.resolve()) for p in inputs.paths],
         "weights": dict(zip(inputs.names, final.weights().tolist())),
@@ -584,12 +591,18 @@ def run(cfg: BlendConfig) -> dict:
                         {**dict(zip(inputs.names, inputs.probabilities)), "blend": probabilities},
                         cfg.n_boot, cfg.seed)
 
+    run = RunDir(out).begin("blend", run_identity("blend", comparable_config(cfg.model_dump(mode="json"), _OPERATIONAL),
+                                                  {"runs": [i["run_id"] for i in recipe["inputs"]]}),
+                            f"melanet blend {' '.join(map(str, cfg.runs))} --out {out} --method {cfg.method}",
+                            overwrite=cfg.overwrite)
+    metrics["run_id"] = run.run_id
     write_parquet(out / "oof.parquet", oof)
     write_parquet(out / "test.parquet", test)
     write_json(out / "metrics.json", metrics)
     write_csv(out / COMPARISON_FILE, table)
     write_text(out / "config.yaml", config_to_yaml(cfg))
-    write_json(out / BLEND_FILE, recipe)  # last: its presence marks a finished blend (predict keys on it)
+    write_json(out / BLEND_FILE, recipe)
+    run.complete(["oof.parquet", "test.parquet", "metrics.json", COMPARISON_FILE, "config.yaml", BLEND_FILE])
     if auto is not None:
         _print_auto(auto)
     beats = _print_comparison(table, "blend", metrics["validation"])

@@ -45,7 +45,15 @@ class DemoConfig(StageConfig):
 
 
 def _done(run_dir: Path) -> bool:
-    return (run_dir / "metrics.json").is_file() and (run_dir / "oof.parquet").is_file()
+    """A complete run from an earlier demo (an interrupted one is resumed or, if its inputs changed, replaced)."""
+    from melanet.errors import MelanetError
+    from melanet.runs import check_run
+
+    try:
+        check_run(run_dir)
+    except MelanetError:
+        return False
+    return True
 
 
 def _stage(name: str, skip: bool) -> float:
@@ -80,7 +88,7 @@ def run(cfg: DemoConfig) -> pd.DataFrame:
         _stage(f"3/6 train-fusion ({name.replace('_', '-')}, {cfg.fusion_config})", _done(run_dir))
         if not _done(run_dir):
             fcfg = load_config(fusion.FusionConfig, cfg.fusion_config, [*cfg.fusion_set, *extra],
-                               extra={"data_dir": str(data), "out_dir": str(run_dir)})
+                               extra={"data_dir": str(data), "out_dir": str(run_dir), "overwrite": True})
             fusion.run(fcfg, folds=None, resume=True)
 
     gbdt_runs = {"gbdt": {}, "gbdt_img": {"with_oof": [str(runs / "fusion")]}}
@@ -90,13 +98,14 @@ def run(cfg: DemoConfig) -> pd.DataFrame:
                _done(run_dir))
         if not _done(run_dir):
             gbdt.run(load_config(gbdt.GBDTConfig, cfg.gbdt_config, None,
-                                 extra={"data_dir": str(data), "out_dir": str(run_dir), **extra}))
+                                 extra={"data_dir": str(data), "out_dir": str(run_dir), "overwrite": True,
+                                        **extra}), resume=True)
 
     blend_dir = runs / "blend"
     _stage(f"5/6 blend ({cfg.blend_method}: {', '.join(BLEND_INPUTS)})", _done(blend_dir))
     if not _done(blend_dir):
         blend.run(blend.BlendConfig(runs=[str(runs / name) for name in BLEND_INPUTS], out_dir=blend_dir,
-                                    method=cfg.blend_method))
+                                    method=cfg.blend_method, overwrite=True))
 
     _stage("6/6 report", False)
     for name in ("image_only", "fusion", "gbdt", "gbdt_img", "blend"):

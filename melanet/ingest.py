@@ -50,7 +50,7 @@ from melanet.cohort import COHORT_FILE, DICOM_COLUMNS, ERRORS_FILE
 from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console, progress
 from melanet.errors import DicomError, InputDataError, unknown_choice
-from melanet.io import atomic_path, write_csv, write_json, write_parquet, write_text
+from melanet.io import atomic_path, check_out_dir, write_csv, write_json, write_parquet, write_text
 from melanet.optional import require
 from melanet.labels import (DICOM_SUFFIXES, EMPTY_TARGET, image_id_for, join_labels, precheck_keys,  # noqa: F401
                             prepare_labels, read_labels)
@@ -465,7 +465,7 @@ def run(cfg: IngestConfig) -> IngestResult:
     fails, finds nothing usable or is killed leaves an existing DATA_DIR as it was.
     """
     start = time.perf_counter()
-    out_dir = Path(cfg.out_dir)
+    out_dir = check_out_dir(cfg.out_dir)
     check_inputs(cfg)
     prepared = None
     if cfg.labels:

@@ -20,23 +20,16 @@ import yaml
 
 from melanet.config import build_config
 from melanet.console import console
-from melanet.errors import ArtifactError
+from melanet.errors import ArtifactError, ConfigError
 from melanet.io import read_json, write_csv
+from melanet.runs import check_run
 
 KINDS = ("fusion", "gbdt", "blend")
 
 
 def run_kind(run_dir: Path) -> str:
-    """Which trainer wrote ``run_dir``: fusion, gbdt or blend."""
-    run_dir = Path(run_dir)
-    if (run_dir / "blend.json").is_file():
-        return "blend"
-    if any(run_dir.glob("fold_*/model.safetensors")):
-        return "fusion"
-    if any(run_dir.glob("fold_*/model.txt")) or any(run_dir.glob("fold_*/model.json")):
-        return "gbdt"
-    raise ArtifactError(f"{run_dir} is not a finished fusion, gbdt or blend run (no fold models or blend.json); "
-                        f"train it first or check the path")
+    """Which stage wrote ``run_dir``: fusion, gbdt or blend (refused unless the run is complete and unmixed)."""
+    return check_run(run_dir, KINDS, reader="predict").kind
 
 
 def run_config(run_dir: Path) -> dict:
@@ -44,6 +37,17 @@ def run_config(run_dir: Path) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
     return yaml.safe_load(path.read_text()) or {}
+
+
+def check_runs(run_dir: Path) -> None:
+    """Verify every file of ``run_dir`` and of the runs it feeds on, before new files are decoded."""
+    record = check_run(run_dir, KINDS, reader="predict")
+    record.verify_all()
+    if record.kind == "blend":
+        for src in blend_inputs(run_dir):
+            check_runs(Path(src))
+    for src in (run_config(run_dir).get("with_oof") or []) if record.kind == "gbdt" else []:
+        check_runs(Path(src))
 
 
 def training_data_dir(run_dir: Path) -> Path:
@@ -60,7 +64,7 @@ def training_data_dir(run_dir: Path) -> Path:
 
 def blend_inputs(run_dir: Path) -> list[str]:
     """Input run folders of a blend, resolved relative to the blend folder if moved."""
-    recipe = read_json(Path(run_dir) / "blend.json")
+    recipe = read_json(check_run(run_dir, ("blend",), reader="predict").verify("blend.json"))
     paths = []
     for i, absolute in enumerate(recipe["runs"]):
         rel = (recipe.get("runs_relative") or [None] * len(recipe["runs"]))[i]
@@ -69,6 +73,11 @@ def blend_inputs(run_dir: Path) -> list[str]:
             candidate = (Path(run_dir) / rel).resolve()
         if not candidate.is_dir():
             raise ArtifactError(f"blend {run_dir} uses run {absolute}, which is missing; restore it")
+        recorded = recipe["inputs"][i].get("run_id") if i < len(recipe.get("inputs", [])) else None
+        found = check_run(candidate, reader="predict").run_id
+        if recorded is not None and found != recorded:
+            raise ArtifactError(f"blend {run_dir} was fitted on run {recorded} of {candidate}, which now holds run "
+                                f"{found}; re-run the blend (`{check_run(run_dir).command} --overwrite`)")
         paths.append(str(candidate))
     return paths
 
@@ -84,6 +93,7 @@ def predict_cohort(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> np.nd
 
         return fusion.predict(run_dir, cohort, data_dir)
     if kind == "gbdt":
+        check_with_oof_sources(run_dir)
         # the mean over fold models, exactly as gbdt.predict averages them
         return np.mean(list(_gbdt_fold_probs(run_dir, cohort, data_dir).values()), axis=0)
     from melanet import blend
@@ -106,6 +116,16 @@ def fold_scores(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> dict[int
     else:
         return None
     return {k: _score(p, run_dir) for k, p in probs.items()}
+
+
+def check_with_oof_sources(run_dir: Path) -> None:
+    """Refuse a ``--with-oof`` GBDT run whose score runs now hold another run than it was trained on."""
+    sources = run_config(run_dir).get("with_oof") or []
+    recorded = check_run(run_dir).identity.get("inputs", {}).get("with_oof") or [None] * len(sources)
+    for src, run_id in zip(sources, recorded):
+        if run_id is not None and check_run(src, reader="predict").run_id != run_id:
+            raise ArtifactError(f"{run_dir} was trained on the scores of run {run_id} in {src}, which now holds "
+                                f"another run; re-train it (`{check_run(run_dir).command}`)")
 
 
 def _gbdt_fold_probs(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> dict[int, np.ndarray]:
@@ -154,6 +174,15 @@ def _training_key(data_dir: Path) -> bytes:
     return key
 
 
+def check_out_file(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a CSV file, before any work is done."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, so {out} cannot be written; give another path")
+
+
 def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
         cache_dir: Path | None = None) -> pd.DataFrame:
     """Predict ``dicom_dir`` with ``run_dir``; write ``out`` (CSV) and ``<out>.errors.csv`` if any failed."""
@@ -161,10 +190,18 @@ def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
     from melanet.runs import spec_from_metrics
 
     run_dir, dicom_dir, out = Path(run_dir), Path(dicom_dir), Path(out)
+    check_out_file(out)
+    if not dicom_dir.is_dir():
+        raise ArtifactError(f"DICOM folder {dicom_dir} {'is a file' if dicom_dir.exists() else 'not found'}; "
+                            f"give the folder of new DICOM files")
     kind = run_kind(run_dir)
+    check_runs(run_dir)
     data_dir = training_data_dir(run_dir)
-    trained = build_config(ingest.IngestConfig, yaml.safe_load((data_dir / "ingest_config.yaml").read_text()),
-                           str(data_dir / "ingest_config.yaml"))
+    settings = data_dir / "ingest_config.yaml"
+    if not settings.is_file():
+        raise ArtifactError(f"{settings} not found: predict re-uses the pixel settings the run's data was ingested "
+                            f"with; restore {data_dir} or re-run `melanet ingest ... --out {data_dir}`")
+    trained = build_config(ingest.IngestConfig, yaml.safe_load(settings.read_text()), str(settings))
     if cache_dir is None:  # decoded images and headers of the new files are removed after the call
         with tempfile.TemporaryDirectory(prefix="melanet-predict-") as tmp:
             return run(run_dir, dicom_dir, out, workers, Path(tmp))

@@ -312,7 +312,7 @@ def run(run_dir: str | Path, sensitivity: float = 0.8, top: int = 8, n_boot: int
     and false negatives shown; ``n_boot``: bootstrap resamples for the AUC interval.
     """
     run_dir = Path(run_dir)
-    oof, test, metrics = read_run(run_dir)
+    oof, test, metrics = read_run(run_dir, reader="report")
     spec = spec_from_metrics(metrics)
     page = _Page(run_dir)
     probabilities = bool(metrics.get("probabilities", True))

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from melanet import blend
 from melanet.errors import ArtifactError, ConfigError
 from melanet.io import write_json, write_parquet, write_text
-from melanet.runs import TargetSpec, evaluate, predictions_frame
+from melanet.runs import finish_run, TargetSpec, evaluate, predictions_frame
 
 N, N_TEST, FOLDS = 300, 40, 5
 
@@ -39,6 +39,7 @@ def make_run(path: Path, pred: np.ndarray, test_pred: np.ndarray, *, target=None
     write_parquet(path / "test.parquet", predictions_frame(test_rows, test_pred, spec))
     write_json(path / "metrics.json", evaluate(oof, spec))
     write_text(path / "config.yaml", "data_dir: nowhere\n")
+    finish_run(path, "fusion")
     return path
 
 

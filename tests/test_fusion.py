@@ -124,10 +124,21 @@ def test_saved_fold_model_reloads_and_reproduces_predictions(trained_run, cohort
     for k in (1, 2):
         shutil.rmtree(single / f"fold_{k}")
     _rewrite_done_folds(single, [0])
+    _mark_complete(single, [0])
     rows = cohort[cohort["image_id"].isin(fold0.index)].reset_index(drop=True)
     pred = fusion.predict(single, cohort, cohort_dir)
     got0 = pd.Series(pred, index=cohort["image_id"]).loc[rows["image_id"]]
     np.testing.assert_allclose(got0.to_numpy(), fold0.loc[rows["image_id"]].to_numpy(), atol=1e-5)
+
+
+def _mark_complete(run_dir: Path, folds: list[int]) -> None:
+    """Record the edited folder as a complete run of ``folds`` (what `melanet merge` does for a finished run)."""
+    import json
+
+    from melanet.runs import RunDir
+
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    RunDir(run_dir, run_id=run_id, kind="fusion").complete(["config.yaml"], folds=folds)
 
 
 def _rewrite_done_folds(run_dir: Path, folds: list[int]) -> None:
@@ -154,8 +165,8 @@ def test_resume_skips_finished_folds_and_merge_refuses_missing(cohort_dir, tmp_p
     assert (out / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp  # not retrained
     assert all((out / f"fold_{k}" / "DONE").is_file() for k in range(3))
     assert (out / "oof.parquet").is_file()
-    # A finished run refuses folds trained with a different recipe.
-    with pytest.raises(ConfigError, match="different config"):
+    # A finished run refuses folds trained with a different recipe, naming what differs.
+    with pytest.raises(ArtifactError, match=r"complete other run \(different settings or data: train.lr"):
         fusion.run(tiny_config(cohort_dir, out, ["train.lr=0.1"]), resume=True)
 
 
@@ -182,6 +193,7 @@ def test_variants_run_one_fold(cohort_dir, tmp_path, overrides):
         assert any((out / "tensorboard").glob("events.out.tfevents.*"))
     if "train.ema_decay=0.9" in overrides:  # the saved weights are the averaged ones that predicted the OOF
         _rewrite_done_folds(out, [1])
+        _mark_complete(out, [1])
         cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
         pred = pd.Series(fusion.predict(out, cohort, cohort_dir), index=cohort["image_id"])
         np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)

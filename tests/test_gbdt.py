@@ -17,7 +17,7 @@ from melanet.cohort import REQUIRED_COLUMNS
 from melanet.config import config_from_run, load_config
 from melanet.errors import ArtifactError, ConfigError, InputDataError
 from melanet.io import read_json
-from melanet.runs import evaluate, predictions_frame, resolve_target
+from melanet.runs import finish_run, evaluate, predictions_frame, resolve_target
 from melanet.train import gbdt
 
 SITES = ["TORSO", "LOWER EXTREMITY", "HEAD/NECK", "UPPER EXTREMITY"]
@@ -205,6 +205,7 @@ def write_image_run(run_dir: Path, cohort: pd.DataFrame, score: np.ndarray) -> P
     oof.to_parquet(run_dir / "oof.parquet", index=False)
     predictions_frame(cohort[~mask], score[~mask], spec).to_parquet(run_dir / "test.parquet", index=False)
     (run_dir / "metrics.json").write_text(pd.Series(evaluate(oof, spec)).to_json())
+    finish_run(run_dir, "fusion")
     return run_dir
 
 

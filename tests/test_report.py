@@ -12,7 +12,7 @@ import pytest
 from melanet import blend, report
 from melanet.cohort import DICOM_COLUMNS
 from melanet.io import write_csv, write_json, write_parquet, write_text
-from melanet.runs import TargetSpec, evaluate, predictions_frame
+from melanet.runs import TargetSpec, finish_run, evaluate, predictions_frame
 
 # 7 rows by hand: at threshold 0.5, called positive = rows 1, 2, 3, 6
 Y = np.array([0, 0, 0, 1, 1, 0, 1])
@@ -96,6 +96,7 @@ def run_dir(tmp_path) -> Path:
     write_parquet(run / "test.parquet", oof.head(0))  # no unlabelled images: the blend must cope too
     write_json(run / "metrics.json", evaluate(oof, spec))
     write_text(run / "config.yaml", f"data_dir: {tmp_path / 'data'}\n")
+    finish_run(run, "gbdt")
     for k in range(5):
         write_csv(run / f"fold_{k}" / "history.csv", pd.DataFrame({
             "epoch": range(4), "lr": [1e-3, 8e-4, 4e-4, 1e-4], "train_loss": [0.7, 0.5, 0.4, 0.35],
@@ -136,6 +137,7 @@ def test_report_for_rank_blend_follows_first_input(run_dir, tmp_path):
     write_parquet(other / "oof.parquet", oof)
     write_parquet(other / "test.parquet", pd.read_parquet(run_dir / "test.parquet"))
     write_json(other / "metrics.json", evaluate(oof, TargetSpec()))
+    finish_run(other, "fusion")
     out = tmp_path / "runs" / "blend"
     blend.run(blend.BlendConfig(runs=[run_dir, other], out_dir=out, method="rank", n_boot=20))
     text = (out / "report.html").read_text()
@@ -155,6 +157,7 @@ def test_report_without_cohort_still_lists_errors(tmp_path):
     write_parquet(tmp_path / "oof.parquet", oof)
     write_parquet(tmp_path / "test.parquet", oof.head(0))
     write_json(tmp_path / "metrics.json", evaluate(oof, TargetSpec()))
+    finish_run(tmp_path, "gbdt")
     text = report.run(tmp_path).read_text()
     assert "cohort not found" in text and "Most confident false positives" in text
     assert '<section id="subgroups">' not in text and not (tmp_path / "false_positives.png").exists()
@@ -170,6 +173,7 @@ def test_report_multiclass_without_positive_class(tmp_path):
     write_parquet(tmp_path / "oof.parquet", oof)
     write_parquet(tmp_path / "test.parquet", oof.head(0))
     write_json(tmp_path / "metrics.json", evaluate(oof, spec))
+    finish_run(tmp_path, "gbdt")
     (tmp_path / "calibration.png").write_bytes(b"stale")  # from an earlier binary run in the same folder
     text = report.run(tmp_path).read_text()
     assert "ROC (one-vs-rest)" in text and "macro_auc" in text and "error analysis is skipped" in text

@@ -45,7 +45,8 @@ from melanet.console import console, progress
 from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean, unknown_choice
 from melanet.features import MetaEncoder, build_features
 from melanet.io import read_json, write_csv, write_json, write_text
-from melanet.runs import RunDir, TargetSpec, merge_folds, predictions_frame, read_exclude, resolve_target
+from melanet.runs import (RunDir, TargetSpec, check_out_dir, check_run, comparable_config, fingerprint, merge_folds,
+                          predictions_frame, read_exclude, resolve_target, run_identity)
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
                                 drop_meta, make_loader, mix_batch, to_nchw)
 from melanet.train.model import (FusionNet, check_backbone, fusion_loss, load_weights, pretrained_source,
@@ -179,11 +180,12 @@ class FusionConfig(StageConfig):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
+    overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
 
 
 # Keys that do not change what a fold learns: a resumed run may differ in them.
 _OPERATIONAL = {"data_dir", "out_dir", "track", "track_uri", "engine", "eval.batch_size", "train.workers",
-                "train.preload_max_mb"}
+                "train.preload_max_mb", "overwrite", "exclude"}
 
 
 # --------------------------------------------------------------------------- engine
@@ -528,23 +530,15 @@ def _val_metric(spec: TargetSpec, y: np.ndarray, prob: np.ndarray) -> tuple[str,
 # --------------------------------------------------------------------------- runner
 
 
-def _comparable(cfg_dump: dict) -> dict:
-    flat = pd.json_normalize(cfg_dump, sep=".").iloc[0].to_dict()
-    return {k: v for k, v in flat.items() if k not in _OPERATIONAL and k.split(".")[0] not in _OPERATIONAL}
+def identity(cfg: FusionConfig) -> tuple[str, dict]:
+    """The run id of ``cfg``: its comparable settings and the bytes of the cohort and exclude list."""
+    return run_identity("fusion", comparable_config(cfg.model_dump(mode="json"), _OPERATIONAL), {
+        "cohort": fingerprint(Path(cfg.data_dir) / "cohort.parquet"), "exclude": fingerprint(cfg.exclude)})
 
 
-def _check_same_config(run: RunDir, cfg: FusionConfig) -> None:
-    """Refuse to add folds to a run directory whose finished folds used another config."""
-    path = run.path / "config.yaml"
-    if not path.is_file() or not run.done_folds():
-        return
-    old = _comparable(config_from_run(FusionConfig, run.path).model_dump(mode="json"))
-    new = _comparable(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-        raise ConfigError(f"{run.path} holds finished folds trained with a different config ({shown}); "
-                          f"use a new --out, or delete {run.path} to start over")
+def rerun_command(cfg: FusionConfig) -> str:
+    out = Path(cfg.out_dir)
+    return f"melanet train-fusion --data {cfg.data_dir} --out {out} --config {out / 'config.yaml'} --resume"
 
 
 def _select_folds(all_folds: list[int], folds: list[int] | None) -> list[int]:
@@ -571,7 +565,7 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
                              f"the cohort's folds are too small to train on")
     rank0 = fabric.is_global_zero
     if rank0:  # retraining a finished fold: it is unfinished until the new DONE
-        (run.fold_dir(k) / "DONE").unlink(missing_ok=True)
+        run.unmark_done(k)
     fabric.seed_everything(cfg.seed + k, verbose=False)
     trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=cfg.seed + k)
     history: list[dict] = []
@@ -626,7 +620,7 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
                                    predictions_frame(cohort.iloc[test_rows], test_prob, data.spec))
         _, oof_value, _ = _val_metric(data.spec, y_val, oof_prob)
         info[f"oof_{metric.removeprefix('val_')}"] = oof_value
-        run.mark_done(k, info)
+        run.mark_done(k, info, files=["model.safetensors", "meta_encoder.json", "history.csv"])
     fabric.barrier()
     return info
 
@@ -642,6 +636,7 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
 
     from melanet.tracking import NullTracker, start_tracking
 
+    check_out_dir(cfg.out_dir)
     if cfg.model.pretrained:  # fail before loading data and starting processes
         pretrained_source(cfg.model.backbone, cfg.model.pretrained_path)
     fabric = make_fabric(cfg.engine)
@@ -654,7 +649,7 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
         selected = _select_folds(all_folds, folds)
         todo = selected
         if rank0:
-            _check_same_config(run_dir, cfg)
+            run_dir.begin("fusion", identity(cfg), rerun_command(cfg), overwrite=cfg.overwrite)
             if resume:
                 todo = [k for k in selected if not run_dir.is_done(k)]
                 skipped = [k for k in selected if k not in todo]
@@ -669,6 +664,7 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
                           soft_wrap=True)
         # Rank 0 decides (its file system holds the run directory on multi-node jobs).
         todo = fabric.broadcast(todo, src=0)
+        run_dir.run_id, run_dir.kind = fabric.broadcast((run_dir.run_id, "fusion"), src=0)
         tracker = start_tracking(cfg.track, cfg.out_dir, cfg.track_uri,
                                  params=cfg.model_dump(mode="json")) if rank0 else NullTracker()
         try:
@@ -735,11 +731,12 @@ def merge(run_dir: str | Path) -> dict:
 
     Refuses while a fold is missing. Writes report.html too when melanet.report is installed.
     """
-    run = RunDir(Path(run_dir))
+    run = RunDir.open(run_dir, "fusion", "melanet merge")
     info = _run_info(run)
     spec = _spec(info)
     _, _, metrics = merge_folds(run, info["folds"], spec)
     plot_training_curves(run, info["folds"])
+    run.complete(["config.yaml", "oof.parquet", "test.parquet", "metrics.json"], folds=info["folds"])
     primary = metrics["primary_metric"]
     per_fold = "  ".join(f"{k}: {v.get(primary, float('nan')):.4f}" for k, v in metrics["per_fold"].items())
     console.print(f"OOF {primary} {metrics['overall'].get(primary, float('nan')):.4f}  (per fold {per_fold})",
@@ -767,12 +764,10 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
     returns {fold: that fold model's probabilities} (what a GBDT stacked on
     this run's scores maps fold model by fold model).
     """
-    run = RunDir(Path(run_dir))
-    cfg = config_from_run(FusionConfig, run.path)
+    record = check_run(run_dir, ("fusion",), reader="predict")
+    run = RunDir(record.path, run_id=record.run_id, kind="fusion")
+    cfg = config_from_run(FusionConfig, record.verify("config.yaml").parent)
     info = _run_info(run)
-    missing = [k for k in info["folds"] if not run.is_done(k)]
-    if missing:
-        raise ArtifactError(f"{run.path}: fold(s) {missing} are not finished; finish the run before predicting")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.engine.accelerator != "cpu" else "cpu"))
     precision = resolve_precision(cfg.engine.precision, dev.type)
     feats = meta_features(cohort, cfg.features)
@@ -781,12 +776,12 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
     n_outputs = 1 if info["classes"] is None else len(info["classes"])
     probs: dict[int, np.ndarray] = {}
     for k in info["folds"]:
-        state = read_json(run.fold_dir(k) / "meta_encoder.json")
+        state = read_json(record.verify(f"fold_{k}/meta_encoder.json"))
         encoder = MetaEncoder.from_dict(state)
         meta = encoder.transform(feats)
         model = build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}),
                             meta.shape[1], n_outputs)
-        load_weights(model, run.fold_dir(k) / "model.safetensors").to(dev)
+        load_weights(model, record.verify(f"fold_{k}/model.safetensors")).to(dev)
         prob = predict_rows(model, store, rows, meta, tta=cfg.eval.tta,
                             batch_size=cfg.eval.batch_size or 2 * cfg.train.batch_size, device=dev,
                             precision=precision, channels_last=cfg.train.channels_last)

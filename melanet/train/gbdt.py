@@ -64,8 +64,9 @@ from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, did_you_mean, unknown_choice
 from melanet.io import read_json, write_csv, write_json, write_text
 from melanet.optional import require
-from melanet.runs import (RunDir, read_exclude, TargetSpec, evaluate, merge_folds, predictions_frame, read_run,
-                          resolve_target, spec_from_metrics)
+from melanet.runs import (RunDir, read_exclude, TargetSpec, check_out_dir, check_run, comparable_config, evaluate,
+                          fingerprint, merge_folds, predictions_frame, read_run, resolve_target, run_identity,
+                          spec_from_metrics)
 from melanet.tracking import BACKENDS, start_tracking
 from melanet.train.small_data import SmallDataConfig
 
@@ -143,8 +144,11 @@ class TreeModel:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
 
     def _error(self, exc: Exception) -> ConfigError:
-        return ConfigError(f"{self.name} rejected the parameters {self.params}: {exc}; "
-                           f"fix the `{self.name}:` section of the config")
+        # The engine's own words, on one line, without the C++ source location it appends.
+        why = re.sub(r"\s+at \S+\.(cpp|cc|h), line \d+\s*\.?", "", " ".join(str(exc).split())).strip()
+        why = re.sub(r"^\[[\d:]+\] ", "", why)
+        return ConfigError(f"{self.name} rejected a parameter ({why}); fix the `{self.name}:` section of the config "
+                           f"or the --set {self.name}.<name>=... override")
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, X_valid: pd.DataFrame | None = None,
             y_valid: np.ndarray | None = None) -> "TreeModel":
@@ -534,6 +538,7 @@ class GBDTConfig(StageConfig):
     track: str = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
     track_uri: str | None = Field(None, description="MLflow tracking URI.")
     report: bool = Field(True, description="Write report.html (as `melanet report`) after training.")
+    overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
 
     @field_validator("positive_class", mode="before")
     @classmethod
@@ -605,6 +610,26 @@ def check_param_names(model: type[TreeModel], params: dict[str, Any]) -> None:
 def engine_params(cfg: GBDTConfig) -> dict[str, Any]:
     """The selected engine's parameters (defaults merged with the config's)."""
     return dict(getattr(cfg, cfg.engine))
+
+
+# Keys that do not change what a run computes: a resumed run may differ in them (see melanet.runs).
+_OPERATIONAL = {"data_dir", "out_dir", "track", "track_uri", "report", "n_jobs", "scheduler", "dask_workers",
+                "overwrite", "exclude", "with_oof"}
+
+
+def identity(cfg: GBDTConfig, with_oof_ids: list[str]) -> tuple[str, dict]:
+    """The run id of ``cfg``: its comparable settings, the cohort's and exclude list's bytes, the input runs' ids."""
+    return run_identity("gbdt", comparable_config(cfg.model_dump(mode="json"), _OPERATIONAL), {
+        "cohort": fingerprint(Path(cfg.data_dir) / "cohort.parquet"), "exclude": fingerprint(cfg.exclude),
+        "with_oof": with_oof_ids})
+
+
+def check_engine_params(cfg: GBDTConfig, params: dict[str, Any], spec: TargetSpec, X: pd.DataFrame,
+                        y: np.ndarray) -> None:
+    """Boost one round on a few rows in this process, so that the engine rejects bad parameter values
+    (``num_leaves: -3``) with a ConfigError before the run folder is touched, not in fold 0."""
+    rows = np.arange(min(len(X), 64))
+    get_engine(cfg.engine)(params, n_classes_of(spec), 1, None, cfg.seed, 1).fit(X.iloc[rows], y[rows])
 
 
 def resolve_n_jobs(n_jobs: int) -> int:
@@ -904,9 +929,13 @@ def monotone_params(cfg: GBDTConfig, params: dict[str, Any], columns: list[str],
     return {**params, "monotone_constraints": signs}
 
 
-def run(cfg: GBDTConfig) -> dict:
-    """Train one model per fold on ``cfg.data_dir``'s cohort; write ``cfg.out_dir``; return its metrics."""
+def run(cfg: GBDTConfig, resume: bool = False) -> dict:
+    """Train one model per fold on ``cfg.data_dir``'s cohort; write ``cfg.out_dir``; return its metrics.
+
+    ``resume`` keeps the folds an interrupted run of the same settings and data finished.
+    """
     started = time.perf_counter()
+    check_out_dir(cfg.out_dir)
     engine = get_engine(cfg.engine)
     n_jobs = resolve_n_jobs(cfg.n_jobs)
     cohort = read_cohort(cfg.data_dir)
@@ -928,12 +957,19 @@ def run(cfg: GBDTConfig) -> dict:
     if len(folds) < 2:
         raise ArtifactError(f"{cfg.data_dir}: the labelled rows of cohort.parquet span {len(folds)} fold(s); "
                             f"re-run `melanet ingest` with --folds 5")
+    check_engine_params(cfg, engine_params(cfg), spec, X, y)
 
     cfg, small_lines = resolve_small_data(cfg, int(trainable.sum()))
     if small_lines:
         console.print(f"train-gbdt: {int(trainable.sum())} labelled training rows < small_data.max_rows "
                       f"{cfg.small_data.max_rows}: small-data settings -> " + "; ".join(small_lines), highlight=False)
-    out = RunDir(cfg.out_dir, folds)
+    out = RunDir(cfg.out_dir, folds).begin(
+        "gbdt", identity(cfg, [check_run(r).run_id for r in cfg.with_oof]),
+        f"melanet train-gbdt --data {cfg.data_dir} --out {cfg.out_dir} --config {Path(cfg.out_dir) / 'config.yaml'} "
+        f"--resume", overwrite=cfg.overwrite)
+    todo = [k for k in folds if not (resume and out.is_done(k))]
+    if len(todo) < len(folds):
+        console.print(f"resume: fold(s) {[k for k in folds if k not in todo]} already done, skipping")
     write_text(out.path / "config.yaml", config_to_yaml(cfg))
     tracker = start_tracking(cfg.track, out.path, cfg.track_uri, params=cfg.model_dump(mode="json"))
     with contextlib.ExitStack() as stack:
@@ -954,11 +990,13 @@ def run(cfg: GBDTConfig) -> dict:
         make = model_factory(cfg, monotone_params(cfg, params, list(X.columns),
                                                   [] if extra is None else list(extra.columns)),
                              spec, n_jobs, client)
-        gains: dict[int, pd.Series] = {}
+        gains: dict[int, pd.Series] = {k: engine.load(out.fold_dir(k) / engine.model_file, n_classes_of(spec),
+                                                      n_jobs).feature_gain() for k in folds if k not in todo}
         fold_start = time.perf_counter()
         for k, val, model in iter_fold_models(X, y, rows["fold"].to_numpy(), groups, trainable, make,
-                                              cfg.inner_valid_fraction, cfg.seed, folds, refit=cfg.refit,
+                                              cfg.inner_valid_fraction, cfg.seed, todo, refit=cfg.refit,
                                               inner_splits=cfg.inner_splits):
+            out.unmark_done(k)
             idx = np.flatnonzero(val)
             oof_k = predictions_frame(rows.iloc[idx], class_prob(model.predict_proba(X.iloc[idx]), spec), spec)
             test_k = (predictions_frame(test_rows, class_prob(model.predict_proba(X_test), spec), spec)
@@ -970,15 +1008,20 @@ def run(cfg: GBDTConfig) -> dict:
                               "n_train": model.n_train_, "n_early_stopping": model.n_early_stopping_,
                               "n_excluded": int((~val & ~trainable).sum()),
                               "inner_best_rounds": [int(r) for r in getattr(model, "inner_best_rounds_", [])],
-                              "seconds": round(time.perf_counter() - fold_start, 3)})
+                              "seconds": round(time.perf_counter() - fold_start, 3)},
+                          files=[engine.model_file, "history.csv"])
             fold_start = time.perf_counter()
             gains[k] = model.feature_gain()
         _, _, metrics = merge_folds(out, folds, spec)
         for k, fold_metrics in metrics["per_fold"].items():
             tracker.log_metrics({"fold": fold_metrics}, step=int(k))
-        importance = importance_table(gains)
+        importance = importance_table(dict(sorted(gains.items())))
         write_csv(out.path / "feature_importance.csv", importance)
         _importance_plot(importance, out.path / "feature_importance.png", engine.name)
+        # figures are not recorded: `melanet report` redraws them
+        out.complete(["config.yaml", FEATURES_FILE, "oof.parquet", "test.parquet", "metrics.json",
+                      "feature_importance.csv"]
+                     + (["tune.json", "tune_trials.csv"] if cfg.tune else []))
         tracker.log_metrics({"overall": metrics["overall"]})
         for name in ("config.yaml", "metrics.json", "oof.parquet", "test.parquet", "feature_importance.csv",
                      "feature_importance.png"):
@@ -1069,8 +1112,9 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, extra: pd.DataFrame | Non
     from melanet.train.stacking import ScoreScaler
 
     run_dir = Path(run_dir)
-    cfg = config_from_run(GBDTConfig, run_dir)
-    info = read_json(run_dir / FEATURES_FILE)
+    record = check_run(run_dir, ("gbdt",), reader="predict")
+    cfg = config_from_run(GBDTConfig, record.verify("config.yaml").parent)
+    info = read_json(record.verify(FEATURES_FILE))
     columns = info["oof_columns"]
     scaling = info.get("oof_scaling", {})
     features = None
@@ -1102,6 +1146,6 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, extra: pd.DataFrame | Non
     X = apply_schema(feature_table(cohort, cfg.features, features, cfg.with_oof_context, cfg.target), info)
     spec = TargetSpec(column=cfg.target, classes=info["classes"], positive_class=cfg.positive_class)
     engine, n_jobs = get_engine(cfg.engine), resolve_n_jobs(cfg.n_jobs)
-    probs = {int(k): class_prob(engine.load(run_dir / f"fold_{k}" / engine.model_file, n_classes_of(spec), n_jobs)
-                                .predict_proba(X), spec) for k in info["folds"]}
+    probs = {int(k): class_prob(engine.load(record.verify(f"fold_{k}/{engine.model_file}"), n_classes_of(spec),
+                                            n_jobs).predict_proba(X), spec) for k in info["folds"]}
     return probs if per_fold else np.mean(list(probs.values()), axis=0)
