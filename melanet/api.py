@@ -254,7 +254,6 @@ def predict(run: PathLike, dicom_dir: PathLike, out: PathLike | None = None, *,
     out_path = Path(os.fspath(out)) if out is not None else Path(
         tempfile.mkdtemp(prefix="melanet-predictions-")) / "predictions.csv"
     errors_path = out_path.with_suffix(".errors.csv")
-    errors_path.unlink(missing_ok=True)  # a list left by an earlier call must not describe this one
     table = _stage("predict").run(Path(os.fspath(run)), Path(os.fspath(dicom_dir)), out_path, workers=workers)
     errors = pd.read_csv(errors_path) if errors_path.is_file() else pd.DataFrame(columns=["path", "stage", "error"])
     return Predictions(out_path, table, errors)

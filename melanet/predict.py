@@ -226,6 +226,8 @@ def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
     write_csv(out, table)
     if len(errors):
         write_csv(out.with_suffix(".errors.csv"), errors)
+    else:  # a list left by an earlier call must not describe this one
+        out.with_suffix(".errors.csv").unlink(missing_ok=True)
     console.print(f"[bold]predict[/] ({kind}): {n_files} files seen = {len(table)} predicted + {len(errors)} "
                   f"not usable{' (see ' + str(out.with_suffix('.errors.csv')) + ')' if len(errors) else ''} -> {out}")
     return table
