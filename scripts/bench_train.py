@@ -125,6 +125,7 @@ def main() -> None:
 
 
 def time_loader(args, cfg) -> None:
+    import cv2
     import numpy as np
     import torch
 
@@ -134,6 +135,9 @@ def time_loader(args, cfg) -> None:
 
     data = fusion.load_cohort_data(cfg)
     rows = data.split(args.fold)[0]
+    # Single-threaded like a loader worker, so 0 workers measures what one worker delivers.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
     meta = np.zeros((len(data.cohort), 1), np.float32)
     batch = 32 if cfg.train.batch_size == "auto" else cfg.train.batch_size
     transform = build_train_transform(cfg.augment, cfg.image_size, seed=cfg.seed)
@@ -143,28 +147,33 @@ def time_loader(args, cfg) -> None:
     for workers in [int(w) for w in args.workers.split(",")]:
         loader = make_loader(FusionDataset(data.store, rows, meta, data.labels, transform), batch, shuffle=True,
                              workers=workers, device_type=device_type)
-        times = []
+        times, cpu = [], []
         for epoch in range(args.repeats + 1):  # the first epoch starts the workers
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in loader:
                 pass
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         best = min(times[1:])
         rate = len(rows) / best
-        print(f"  {workers:2d} worker(s): {rate:8.1f} images/s, {rate / max(1, workers):8.1f} per worker "
+        # In-process (0 workers), CPU seconds measure the work itself, whatever else loads the machine.
+        per_cpu = f", {len(rows) / min(cpu[1:]):.1f} per CPU-second" if workers == 0 else ""
+        print(f"  {workers:2d} worker(s): {rate:8.1f} images/s, {rate / max(1, workers):8.1f} per worker{per_cpu} "
               f"(epochs: {', '.join(f'{t:.2f}' for t in times[1:])} s; first {times[0]:.2f} s)")
         del loader
     # Each augmentation step alone, in this process: which ones a GPU would have to take over.
     if transform is not None:
         images = [data.store[int(r)] for r in rows[:64]]
-        print("  per step, one process (ms/image, the step always applied):")
+        print("  per step, one process (CPU ms/image with the step always applied; x its p = share per image):")
         for step in transform.transforms:
+            p = step.p
             step = copy.deepcopy(step)
             step.p = 1.0
-            t0 = time.perf_counter()
+            c0 = time.process_time()
             for image in images:
                 step(image=image)
-            print(f"    {type(step).__name__:28s} {1000 * (time.perf_counter() - t0) / len(images):7.2f}")
+            ms = 1000 * (time.process_time() - c0) / len(images)
+            print(f"    {type(step).__name__:24s} {ms:7.2f}  x p {p:.2f} = {ms * p:6.2f}")
 
 
 def time_training(args, cfg) -> None:
