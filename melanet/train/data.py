@@ -155,9 +155,8 @@ def _init_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None)
     if transform is not None:
         transform.set_random_seed(torch.initial_seed() % 2**32)
-    # Parallelism comes from the workers; OpenCV's own thread pool in each of
-    # them would oversubscribe the cores (torch already runs workers with one thread).
-    cv2.setNumThreads(1)
+    # Not cv2.setNumThreads here: reconfiguring OpenCV's pool in a forked
+    # worker can wait forever on pool threads that only existed in the parent.
 
 
 def make_loader(dataset: FusionDataset, batch_size: int, *, shuffle: bool = False, sampler: Sampler | None = None,
