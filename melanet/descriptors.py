@@ -33,7 +33,9 @@ the cost does not grow with the cache size):
 
 The mask fails (all descriptors NaN, ``lesion_mask_ok = False``) when the
 channel has no contrast (95th percentile ΔE below ``MIN_CONTRAST``), when no
-component survives, or when the lesion covers under 0.3 % or over 92 % of the
+component survives, when the lesion differs from the skin ring around it by
+less than ``MIN_CONTRAST`` or than half its own colour spread (texture or
+noise, not a lesion), or when the lesion covers under 0.3 % or over 92 % of the
 field of view.
 
 Descriptors (columns ``lesion_*``, units in the names): see
@@ -55,10 +57,11 @@ import cv2
 import numpy as np
 
 #: Bumped whenever a change alters any value, so cached descriptors are recomputed.
-DESCRIPTOR_VERSION = 1
+DESCRIPTOR_VERSION = 2
 #: Side (pixels) the mask is computed at; descriptors are reported in pixels of the input image.
 WORK_SIDE = 128
 MIN_CONTRAST = 4.0  # ΔE: below it the image shows no lesion to segment
+MIN_CONTRAST_TO_SPREAD = 0.5  # lesion-vs-ring ΔE over the colour spread inside the lesion
 MIN_AREA_FRACTION = 0.003
 MAX_AREA_FRACTION = 0.92
 MAX_VIGNETTE_GAIN = 1.6
@@ -257,6 +260,14 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     share = mask.sum() / max(1, fov.sum())
     if share < MIN_AREA_FRACTION or share > MAX_AREA_FRACTION:
         return None, info
+    # A lesion differs from the skin just around it by more than it varies inside (texture or noise
+    # picked by the threshold does not).
+    ring = cv2.dilate(mask.astype(np.uint8), _disc(max(h, w) / 16)).astype(bool) & ~mask & fov
+    if ring.sum() >= 10:
+        inside_px = clean[mask]
+        contrast = float(np.linalg.norm(inside_px.mean(axis=0) - clean[ring].mean(axis=0)))
+        if contrast < MIN_CONTRAST or contrast < MIN_CONTRAST_TO_SPREAD * float(np.sqrt(inside_px.var(axis=0).sum())):
+            return None, info
     info["skin"] = skin
     return mask, info
 
