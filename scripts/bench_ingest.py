@@ -42,7 +42,8 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="melanet-bench-ingest-"))
     synth_cfg = synth.SynthConfig(out_dir=work / "synth", patients=args.patients, image_size=args.image_size)
-    synth.run(synth_cfg)
+    if not (work / "synth" / "synth.json").is_file():  # --workdir of an earlier run: reuse its cohort
+        synth.run(synth_cfg)
     files = list_files(work / "synth" / "dicom")
 
     def bare_loop() -> None:
