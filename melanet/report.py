@@ -21,6 +21,7 @@ functions of labels and scores.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +206,34 @@ def _importance_section(page: _Page, top: int = 25) -> None:
     img = page.fig("feature_importance", plots.barh_plot(share.to_dict(), f"Top {len(share)} features",
                                                          "share of total gain (mean over folds)"),
                    "feature importance")
-    page.add("importance", "Feature importance", f'<div class="figs">{img}</div>')
+    inner = f'<div class="figs">{img}</div>'
+    by_descriptor = descriptor_importance(gain)
+    if len(by_descriptor):
+        inner += ("<h3>Lesion descriptors</h3>" + plots.note(
+            "Share of total gain per lesion descriptor, its patient-context variants (_pat_diff, _pat_z, _pat_rank, "
+            "_pat_range) included; duckling = the ugly-duckling distance and its rank within the patient.")
+            + plots.table_html(by_descriptor, digits=3))
+    page.add("importance", "Feature importance", inner)
+
+
+def descriptor_importance(gain: pd.Series) -> pd.DataFrame:
+    """Gain share summed per lesion descriptor (own value + patient context) and for the duckling features."""
+    total = float(gain.sum())
+    if total <= 0:
+        return pd.DataFrame(columns=["descriptor", "share", "own", "patient_context"])
+    rows = {}
+    for feature, value in gain.items():
+        name = str(feature)
+        base = re.sub(r"_pat_(diff|z|rank|range)$", "", name)
+        if not (base.startswith("lesion_") or base.startswith("duckling_")):
+            continue
+        base = "duckling" if base.startswith("duckling_") else base
+        own, ctx = rows.get(base, (0.0, 0.0))
+        rows[base] = (own + value, ctx) if name == base or base == "duckling" and name == "duckling_distance" \
+            else (own, ctx + value)
+    table = pd.DataFrame([(k, (o + c) / total, o / total, c / total) for k, (o, c) in rows.items()],
+                         columns=["descriptor", "share", "own", "patient_context"])
+    return table.sort_values("share", ascending=False).reset_index(drop=True)
 
 
 def _blend_section(page: _Page) -> str:

@@ -394,3 +394,17 @@ def test_small_data_settings_are_printed_and_written_resolved(data, tmp_path, ca
     gbdt.run(off)
     assert config_from_run(gbdt.GBDTConfig, tmp_path / "off").small_data.applied is False
     assert "small-data settings" not in capsys.readouterr().err
+
+
+def test_feature_table_adds_lesion_descriptors_with_patient_context_and_duckling(data):
+    _, cohort, _ = data
+    rng = np.random.default_rng(0)
+    with_lesions = cohort.assign(lesion_mask_ok=True, lesion_area_frac=rng.uniform(0.05, 0.3, len(cohort)),
+                                 lesion_delta_e=rng.uniform(10, 40, len(cohort)))
+    X = gbdt.feature_table(with_lesions, gbdt.FeatureConfig())
+    assert {"lesion_area_frac", "lesion_delta_e_pat_z", "lesion_area_frac_pat_rank", "duckling_distance"} <= set(X)
+    assert "lesion_mask_ok" not in X  # the NaN descriptors already say it
+    off = gbdt.feature_table(with_lesions, gbdt.FeatureConfig(descriptors=False))
+    assert not any(c.startswith(("lesion_", "duckling_")) for c in off.columns)
+    # A cohort ingested without descriptors trains on the rest (one warning line), as before.
+    pd.testing.assert_frame_equal(gbdt.feature_table(cohort, gbdt.FeatureConfig()), off)

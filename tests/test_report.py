@@ -178,3 +178,17 @@ def test_report_multiclass_without_positive_class(tmp_path):
     text = report.run(tmp_path).read_text()
     assert "ROC (one-vs-rest)" in text and "macro_auc" in text and "error analysis is skipped" in text
     assert embedded_pngs(text) == 1 and not (tmp_path / "calibration.png").exists()
+
+
+def test_descriptor_importance_groups_patient_context_with_its_descriptor():
+    from melanet.report import descriptor_importance
+
+    gain = pd.Series({"age": 50.0, "lesion_asymmetry": 20.0, "lesion_asymmetry_pat_z": 10.0,
+                      "lesion_asymmetry_pat_rank": 5.0, "lesion_delta_e": 5.0, "duckling_distance": 8.0,
+                      "duckling_pat_rank": 2.0})
+    table = descriptor_importance(gain).set_index("descriptor")
+    assert list(table.index) == ["lesion_asymmetry", "duckling", "lesion_delta_e"]
+    assert table.loc["lesion_asymmetry", "share"] == pytest.approx(0.35)
+    assert table.loc["lesion_asymmetry", "patient_context"] == pytest.approx(0.15)
+    assert table.loc["duckling", "own"] == pytest.approx(0.08)
+    assert descriptor_importance(pd.Series({"age": 1.0})).empty

@@ -2,8 +2,11 @@
 
 The ISIC 2024 winners' recipe: gradient-boosted trees on header metadata (sex,
 age, site, ... with categoricals handled natively by the engine and missing
-values kept missing) plus patient-context features (images per patient, each
-value relative to the same patient's mean/std and rank), optionally with
+values kept missing) and the lesion descriptors ingest measured from the pixels
+(``lesion_*``, :mod:`melanet.descriptors`; ``features.descriptors``), plus
+patient-context features (images per patient, each value relative to the same
+patient's mean/std and rank, the "ugly duckling" distance of the descriptor
+vector from the patient's other lesions), optionally with
 image-model out-of-fold scores as features. Features come from
 :func:`melanet.features.build_features`, the code FusionNet's metadata branch
 uses too.
@@ -59,6 +62,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from melanet import features as F
 from melanet.cohort import DICOM_COLUMNS, labelled_mask, read_cohort
+from melanet.descriptors import LESION_COLUMNS
 from melanet.config import StageConfig, config_from_run, config_to_yaml
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, did_you_mean, unknown_choice
@@ -487,6 +491,8 @@ class FeatureConfig(StageConfig):
                                             "context column vs the patient's mean, std, rank and range.")
     context_columns: list[str] = Field(default_factory=lambda: list(F.CONTEXT_DEFAULT),
                                        description="Numeric columns that get patient-context features.")
+    descriptors: bool = Field(True, description="Add the cohort's lesion_* descriptors (from ingest) as numeric "
+                                                "features, with patient context and the ugly-duckling distance.")
 
 
 class GBDTConfig(StageConfig):
@@ -684,10 +690,17 @@ def feature_table(cohort: pd.DataFrame, fcfg: FeatureConfig, extra: pd.DataFrame
             if col not in cohort.columns:
                 raise ConfigError(f"{key}: column {col!r} is not in the cohort"
                                   f"{did_you_mean(col, cohort.columns)}; cohort columns: {list(cohort.columns)}")
-            if col not in DICOM_COLUMNS:
+            if col not in DICOM_COLUMNS and col not in LESION_COLUMNS:
                 console.print(f"[yellow]warning:[/] {key}: {col!r} comes from the labels table; "
                               f"make sure it is not derived from the label", highlight=False)
-    context_columns = list(fcfg.context_columns)
+    context_columns, numeric, descriptors = list(fcfg.context_columns), list(fcfg.numeric), []
+    if fcfg.descriptors:
+        descriptors = [c for c in F.descriptor_columns(cohort) if c not in numeric]
+        if not descriptors:
+            console.print("[yellow]warning:[/] features.descriptors is on but the cohort has no lesion_* columns "
+                          "(ingested with descriptors=false?); training without them", highlight=False)
+        numeric += descriptors
+        context_columns += [c for c in descriptors if c not in context_columns]
     if extra is not None and extra_context:
         context_columns += list(extra.columns)
     # Patient statistics are float sums whose last bits depend on row order; a canonical order makes a
@@ -696,7 +709,7 @@ def feature_table(cohort: pd.DataFrame, fcfg: FeatureConfig, extra: pd.DataFrame
                         pd.factorize(cohort["patient_id"].astype(str), sort=True)[0]))
     feats = F.build_features(cohort.iloc[order], context=fcfg.context,
                              extra=None if extra is None else extra.iloc[order], context_columns=context_columns,
-                             categorical=fcfg.categorical, numeric=fcfg.numeric)
+                             categorical=fcfg.categorical, numeric=numeric, duckling_columns=descriptors)
     return feats.iloc[np.argsort(order)]
 
 
