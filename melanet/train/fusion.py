@@ -51,6 +51,7 @@ from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_m
 from melanet.features import MetaEncoder, build_features
 from melanet.io import read_json, write_csv, write_json, write_text
 from melanet.runs import RunDir, TargetSpec, merge_folds, predictions_frame, read_exclude, resolve_target
+from melanet.train import staged
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
                                 drop_meta, make_loader, mix_batch, to_nchw)
 from melanet.train.model import (FusionNet, check_backbone, fusion_loss, load_weights, pretrained_source,
@@ -120,6 +121,11 @@ class TrainConfig(StageConfig):
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights (timm ModelEmaV3, with "
                                       "warm-up) and predict with it; e.g. 0.99 for a few hundred steps. null = off.")
     meta_drop_p: float = Field(0.0, ge=0, le=1, description="Per-sample probability of blanking all metadata.")
+    meta_epochs: int = Field(
+        0, ge=0, description="> 0: staged training (melanet/train/staged.py): `epochs` on the pixels alone, then this "
+                             "many epochs fitting the metadata MLP and fused head on the frozen backbone's features; "
+                             "0 = joint training.")
+    meta_lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate of the staged metadata epochs.")
     workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader workers per process; auto = 1 per spare core, at most 4.")
     preload_max_mb: float = Field(2048, ge=0, description="Hold resized images in RAM when they fit in this many MB.")
@@ -307,7 +313,7 @@ def build_model(cfg: FusionConfig, n_meta: int, n_outputs: int) -> FusionNet:
     model = FusionNet(m.backbone, n_meta, n_outputs, use_meta=m.use_meta, meta_hidden=m.meta_hidden,
                       meta_dropout=m.meta_dropout, head_dropout=m.head_dropout, head_samples=m.head_samples,
                       pretrained=m.pretrained, pretrained_path=m.pretrained_path, drop_path_rate=m.drop_path_rate,
-                      image_aux_head=m.image_aux_weight > 0)
+                      image_aux_head=m.image_aux_weight > 0 or cfg.train.meta_epochs > 0)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 
@@ -577,6 +583,9 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
         (run.fold_dir(k) / "DONE").unlink(missing_ok=True)
     fabric.seed_everything(cfg.seed + k, verbose=False)
     trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=cfg.seed + k)
+    staged_fit = cfg.train.meta_epochs > 0 and trainer.raw.meta is not None
+    if staged_fit:
+        staged.begin_image_stage(trainer.raw, trainer.predictor)
     history: list[dict] = []
     best: tuple[float, int, dict] | None = None
     y_val = data.labels[val_rows]
@@ -612,6 +621,14 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
     if best is not None:
         used = best[1]
         trainer.predictor.load_state_dict(best[2])
+    if staged_fit:
+        rows = staged.run_meta_stage(trainer, val_rows, lambda p: _val_metric(data.spec, y_val, p), epochs + 1)
+        history += rows
+        if rank0:
+            for row in rows:
+                console.print(_epoch_line(k, row, metric, epochs + cfg.train.meta_epochs), highlight=False,
+                              soft_wrap=True)
+            write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
     oof_prob = trainer.predict(val_rows, tta=cfg.eval.tta)
     test_prob = trainer.predict(test_rows, tta=cfg.eval.tta)
     info = {"fold": k, "epoch_used": used, "epochs": epochs, "seconds": round(time.perf_counter() - started, 2),

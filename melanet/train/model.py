@@ -124,6 +124,11 @@ class FusionNet(nn.Module):
     both logits) and unused at prediction. Metadata is an easy shortcut on a
     small cohort; the auxiliary loss keeps the backbone learning the image
     cues the fused head would otherwise lean on metadata for.
+
+    ``image_stage`` (staged training, melanet.train.staged): while true the
+    model *is* the image-only model - ``forward`` returns the image head's
+    logits and ignores ``meta`` - so the backbone learns from the pixels
+    alone before the metadata branch is fitted on top.
     """
 
     def __init__(self, backbone: str, n_meta: int, n_outputs: int, *, use_meta: bool = True,
@@ -154,6 +159,7 @@ class FusionNet(nn.Module):
             width += h2
         self.dropouts = nn.ModuleList(nn.Dropout(head_dropout) for _ in range(max(1, head_samples)))
         self.head = nn.Linear(width, n_outputs)
+        self.image_stage = False
 
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features of a 0-255 image batch."""
@@ -180,6 +186,9 @@ class FusionNet(nn.Module):
                 with_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Logits; with ``with_aux`` the pair (fused logits, image-only logits or None)."""
         pooled = self.image_features(image)
+        if self.image_stage and self.image_head is not None:
+            logits = self._head(self.image_head, pooled)
+            return (logits, None) if with_aux else logits
         logits = self._head(self.head, self._fuse(pooled, meta))
         if not with_aux:
             return logits
