@@ -44,6 +44,7 @@ from melanet.features import MetaEncoder, build_features
 from melanet.io import read_json, write_csv, write_json, write_text
 from melanet.runs import (RunDir, TargetSpec, check_out_dir, check_run, comparable_config, fingerprint, merge_folds,
                           predictions_frame, read_exclude, resolve_target, run_identity)
+from melanet.train import staged
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
                                 drop_meta, make_loader, mix_batch, to_device, to_nchw)
 from melanet.train.device import (autocast, default_workers, gpu_memory_gib, loader_settings, make_fabric,
@@ -132,7 +133,7 @@ def build_model(cfg: FusionConfig, n_meta: int, n_outputs: int) -> FusionNet:
     model = FusionNet(m.backbone, n_meta, n_outputs, use_meta=m.use_meta, meta_hidden=m.meta_hidden,
                       meta_dropout=m.meta_dropout, head_dropout=m.head_dropout, head_samples=m.head_samples,
                       pretrained=m.pretrained, pretrained_path=m.pretrained_path, drop_path_rate=m.drop_path_rate,
-                      image_aux_head=m.image_aux_weight > 0)
+                      image_aux_head=m.image_aux_weight > 0 or cfg.train.meta_epochs > 0)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 
@@ -352,6 +353,9 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
         run.unmark_done(k)
     fabric.seed_everything(cfg.seed + k, verbose=False)
     trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=cfg.seed + k)
+    staged_fit = cfg.train.meta_epochs > 0 and trainer.raw.meta is not None
+    if staged_fit:
+        staged.begin_image_stage(trainer.raw, trainer.predictor)
     history: list[dict] = []
     best: tuple[float, int, dict] | None = None
     y_val = data.labels[val_rows]
@@ -387,6 +391,14 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
     if best is not None:
         used = best[1]
         trainer.predictor.load_state_dict(best[2])
+    if staged_fit:
+        rows = staged.run_meta_stage(trainer, val_rows, lambda p: _val_metric(data.spec, y_val, p), epochs + 1)
+        history += rows
+        if rank0:
+            for row in rows:
+                console.print(_epoch_line(k, row, metric, epochs + cfg.train.meta_epochs), highlight=False,
+                              soft_wrap=True)
+            write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
     oof_prob = trainer.predict(val_rows, tta=cfg.eval.tta)
     test_prob = trainer.predict(test_rows, tta=cfg.eval.tta)
     info = {"fold": k, "epoch_used": used, "epochs": epochs, "seconds": round(time.perf_counter() - started, 2),
