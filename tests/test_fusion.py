@@ -283,6 +283,7 @@ def test_staged_training_fits_metadata_on_the_image_model_and_predict_reproduces
     assert history["val_auc"].notna().all()
     oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
     _rewrite_done_folds(out, [1])
+    _mark_complete(out, [1])
     cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
     pred = pd.Series(fusion.predict(out, cohort, cohort_dir), index=cohort["image_id"])
     np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)
