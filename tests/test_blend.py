@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from melanet import blend
 from melanet.errors import ArtifactError, ConfigError
 from melanet.io import write_json, write_parquet, write_text
-from melanet.runs import finish_run, TargetSpec, evaluate, predictions_frame
+from melanet.runs import TargetSpec, blend_inputs, evaluate, finish_run, predictions_frame
 
 N, N_TEST, FOLDS = 300, 40, 5
 
@@ -188,7 +188,7 @@ def test_apply_blend_reproduces_test_parquet(tmp_path, two_runs, method):
     assert np.array_equal(by_index, expected["pred"].to_numpy())
     with pytest.raises(ArtifactError, match="named \\['fusion', 'gbdt'\\]"):
         blend.apply_blend(out, pd.DataFrame({"a": tests[0], "b": tests[1]}))
-    assert [p.resolve() for p in blend.input_runs(out)] == [p.resolve() for p in two_runs]
+    assert blend_inputs(out) == [p.resolve() for p in two_runs]
 
 
 def test_blend_dir_is_a_run_with_report(tmp_path, two_runs):
