@@ -599,10 +599,8 @@ def _ingest_into(cfg: IngestConfig, out_dir: Path, stage: ingest_write.Staging, 
 
 
 def _write_eda(out_dir: Path, write_to: Path, cohort: pd.DataFrame, target: str) -> None:
-    try:
-        from melanet import eda
-    except ImportError:  # the EDA page is optional for ingest
-        return
+    from melanet import eda
+
     try:
         eda.run(out_dir, eda.EDAConfig(target=target), cohort=cohort, out_dir=write_to)
     except Exception as exc:  # a broken page must not fail the ingest
