@@ -164,23 +164,31 @@ def _training_section(page: _Page) -> None:
     histories = sorted(page.run_dir.glob("fold_*/history.csv"))
     if not histories:
         return
+    panels = training_panels({path.parent.name.replace("_", " "): read_table(path, ["epoch"], "training history")
+                              for path in histories})
+    if panels:
+        img = page.fig("training_curves", plots.curves_plot(panels, "epoch"), "training curves")
+        page.add("training", "Training curves", f'<div class="figs">{img}</div>'
+                 + plots.note("dashed: training loss; solid: validation, per fold"))
+
+
+def training_panels(histories: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    """``panel -> {line -> (epoch, values)}`` from each fold's ``history.csv`` (``{"fold 0": table}``).
+
+    Panels: loss (``train_loss`` / ``val_loss``), validation metric (every other ``val_*`` column a
+    trainer logged: ``val_auc``, ``val_macro_auc``..., so multiclass runs keep it), learning rate
+    (``lr``); empty panels are left out. ``epoch`` is the epoch or boosting round.
+    """
     panels: dict[str, dict] = {"loss": {}, "validation metric": {}, "learning rate": {}}
-    for path in histories:
-        fold = path.parent.name.replace("_", " ")
-        h = read_table(path, ["epoch"], "training history")
+    for fold, h in histories.items():
         x = h["epoch"].to_numpy()
-        # every validation metric a trainer logged (val_auc, val_macro_auc...), so multiclass runs keep the panel
         metrics = [c for c in h.columns if c.startswith("val_") and c != "val_loss"]
         for col, panel, label in (("train_loss", "loss", f"{fold} train"), ("val_loss", "loss", f"{fold} val"),
                                   *((m, "validation metric", f"{fold} {m.removeprefix('val_')}") for m in metrics),
                                   ("lr", "learning rate", fold)):
             if col in h.columns:
                 panels[panel][label] = (x, h[col].to_numpy(dtype=float))
-    panels = {k: v for k, v in panels.items() if v}
-    if panels:
-        img = page.fig("training_curves", plots.curves_plot(panels, "epoch"), "training curves")
-        page.add("training", "Training curves", f'<div class="figs">{img}</div>'
-                 + plots.note("dashed: training loss; solid: validation, per fold"))
+    return {k: v for k, v in panels.items() if v}
 
 
 def _importance_section(page: _Page, top: int = 25) -> None:
