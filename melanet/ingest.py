@@ -1,6 +1,6 @@
 """``melanet ingest``: a DICOM folder (+ labels table) -> cohort table, image cache, folds.
 
-Outputs in DATA_DIR (DESIGN.md "Ingest"):
+Outputs in DATA_DIR (docs/architecture.md "Ingest"):
 
 - ``cohort.parquet``: one row per decoded image (columns in :data:`melanet.cohort.DICOM_COLUMNS`,
   then the labels table's columns, then ``fold``);

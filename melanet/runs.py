@@ -1,6 +1,6 @@
 """Run directories, their one owner: identity, per-fold artifacts, completion, OOF assembly, metrics.
 
-Layout (DESIGN.md "Runs")::
+Layout (docs/architecture.md "Runs")::
 
     RUN_DIR/run.json               written first: run id, kind, identity, command to re-run
     RUN_DIR/config.yaml            resolved config
@@ -144,7 +144,7 @@ def predictions_frame(rows: pd.DataFrame, prob: np.ndarray, spec: TargetSpec) ->
 
 
 def evaluate(oof: pd.DataFrame, spec: TargetSpec) -> dict:
-    """Overall and per-fold metrics of an OOF table (DESIGN.md "Metrics")."""
+    """Overall and per-fold metrics of an OOF table (docs/architecture.md "Metrics")."""
 
     def one(df: pd.DataFrame) -> dict:
         out: dict = {}

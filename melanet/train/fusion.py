@@ -6,7 +6,7 @@ and data parallelism come from Lightning Fabric: one process on CPU or one GPU,
 Only global rank 0 writes artifacts; validation and test predictions are
 sharded across ranks without duplicates and gathered.
 
-Writes (DESIGN.md "Runs")::
+Writes (docs/architecture.md "Runs")::
 
     RUN_DIR/config.yaml                     resolved config
     RUN_DIR/fold_<k>/model.safetensors      weights of the epoch that predicted the OOF
