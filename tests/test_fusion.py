@@ -15,6 +15,7 @@ import pytest
 from melanet.cohort import DICOM_COLUMNS
 from melanet.config import load_config
 from melanet.errors import ArtifactError, ConfigError, WeightsNotFoundError
+from melanet.runs import read_config
 
 SIZE = 32
 
@@ -293,7 +294,7 @@ def test_staged_training_fits_metadata_on_the_image_model_and_predict_reproduces
     from melanet.train.data import ImageStore
     from melanet.train.model import load_weights
 
-    cfg = fusion.config_from_run(fusion.FusionConfig, out)
+    cfg = read_config(out, fusion.FusionConfig)
     encoder = MetaEncoder.from_dict(read_json(out / "fold_1" / "meta_encoder.json"))
     meta = encoder.transform(fusion.meta_features(cohort, cfg.features))
     model = fusion.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}),
