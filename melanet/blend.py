@@ -46,12 +46,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from melanet import metrics as M
-from melanet.config import StageConfig, config_to_yaml
+from melanet.config import Choice, StageConfig, config_to_yaml
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, unknown_choice
 from melanet.io import read_json, write_csv, write_json, write_parquet, write_text
 from melanet.runs import (RunDir, TargetSpec, check_out_dir, check_run, comparable_config, evaluate,
                           predictions_frame, read_run, run_identity, spec_from_metrics)
+from melanet.tracking import BACKENDS
 
 BLEND_FILE = "blend.json"
 COMPARISON_FILE = "comparison.csv"
@@ -59,18 +60,23 @@ METRICS = ["auc", "pauc80", "ap", "log_loss", "brier"]
 PROBABILITY_METRICS = ["log_loss", "brier"]
 
 
+#: Every name ``method`` accepts (``BLENDERS`` below and ``auto``, which chooses among them and each single
+#: input by nested CV).
+METHODS = ("auto", "rank", "weights", "stack")
+
+
 class BlendConfig(StageConfig):
     """``melanet blend`` options."""
 
     runs: list[Path] = Field(min_length=2, description="Run folders to blend (each with oof/test.parquet).")
     out_dir: Path = Field(description="Blend run folder to write.")
-    method: str = Field("auto", description="auto (chosen by nested cross validation, melanet/blend_auto.py), "
+    method: Choice("blend method", METHODS) = Field("auto", description="auto (chosen by nested cross validation, melanet/blend_auto.py), "
                                             "rank, weights or stack.")
     stack_c: float = Field(1.0, gt=0, description="Inverse L2 strength of the stacking logistic regression.")
     n_boot: int = Field(500, ge=0, description="Bootstrap resamples for AUC intervals (0 = off).")
     seed: int = Field(0, description="Bootstrap seed.")
     report: bool = Field(True, description="Write report.html into the blend folder.")
-    track: str = "none"
+    track: Choice("tracking backend", BACKENDS) = "none"
     track_uri: str | None = None
     overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
 
@@ -199,8 +205,7 @@ class StackBlender(BaseEstimator):
 BLENDERS: dict[str, type[BaseEstimator]] = {"rank": RankBlender, "weights": WeightsBlender, "stack": StackBlender}
 
 
-#: Every name ``method`` accepts: ``auto`` chooses among the others (and each single input) by nested CV.
-METHODS = ("auto", *BLENDERS)
+assert METHODS == ("auto", *BLENDERS), "METHODS names every blender"
 
 
 def make_blender(method: str, **params: Any) -> BaseEstimator:
@@ -516,11 +521,9 @@ def apply_blend(run_dir: str | Path, scores: pd.DataFrame) -> np.ndarray:
 
 def run(cfg: BlendConfig) -> dict:
     """Blend ``cfg.runs`` into ``cfg.out_dir``; return the blend and input scores."""
-    from melanet.tracking import BACKENDS, start_tracking
+    from melanet.tracking import start_tracking
 
     blender = make_blender(cfg.method, C=cfg.stack_c)
-    if cfg.track not in BACKENDS:  # fail before the work, not after it
-        raise unknown_choice("tracking backend", cfg.track, BACKENDS)
     out = check_out_dir(cfg.out_dir)
     if any(Path(p).resolve() == out.resolve() for p in cfg.runs):
         raise ConfigError(f"--out {out} is one of the input runs; choose a new folder for the blend")
