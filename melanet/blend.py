@@ -43,7 +43,9 @@ from scipy.optimize import minimize
 from scipy.special import expit, logit
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils import ClassifierTags
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from melanet import metrics as M
 from melanet.config import Choice, StageConfig, config_to_yaml
@@ -88,14 +90,43 @@ _OPERATIONAL = {"runs", "out_dir", "report", "track", "track_uri", "overwrite"}
 # --- blenders (scikit-learn estimator contract) -------------------------------------------
 
 
-class RankBlender(BaseEstimator):
+class _Blender(BaseEstimator):
+    """What every blender shares: binary targets, score columns checked as scikit-learn checks them."""
+
+    uses_labels: ClassVar[bool] = True
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags = ClassifierTags(multi_class=False)  # scores one binary target (0/1)
+        tags.target_tags.required = self.uses_labels
+        return tags
+
+    def _fit_columns(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """``X`` as a finite float (n, m) array with n, m >= 1; sets ``n_features_in_``.
+
+        A blender that learns from labels also needs ``y``: one binary (0/1) label per row.
+        """
+        if not self.uses_labels:
+            return validate_data(self, X, dtype=float, reset=True)
+        X, y = validate_data(self, X, y, dtype=float, reset=True)
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
+        if kind != "binary":
+            raise ValueError(f"{type(self).__name__} blends the scores of a binary (0/1) target; y is {kind}")
+        return X
+
+    def _predict_columns(self, X: np.ndarray, m: int) -> np.ndarray:
+        """``X`` as a finite float array with the ``m`` columns the blender was fitted (or restored) with."""
+        return _check_columns(validate_data(self, X, dtype=float, reset=False), m)
+
+
+class RankBlender(_Blender):
     """Equal-weight mean of each column's OOF empirical-CDF value (mid-rank scaled to 0-1)."""
 
     uses_labels: ClassVar[bool] = False
     probabilities: ClassVar[bool] = False
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> RankBlender:
-        X = np.asarray(X, dtype=float)
+        X = self._fit_columns(X)
         n = len(X)
         self.knots_, self.quantiles_ = [], []
         for col in X.T:
@@ -108,7 +139,7 @@ class RankBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "knots_")
-        X = _check_columns(X, len(self.knots_))
+        X = self._predict_columns(X, len(self.knots_))
         ranks = [np.interp(X[:, j], k, q, left=0.0, right=1.0)
                  for j, (k, q) in enumerate(zip(self.knots_, self.quantiles_))]
         return np.mean(ranks, axis=0)
@@ -127,14 +158,14 @@ class RankBlender(BaseEstimator):
         return self
 
 
-class WeightsBlender(BaseEstimator):
+class WeightsBlender(_Blender):
     """Convex combination of the inputs' probabilities minimising log loss (weights >= 0, sum 1)."""
 
     uses_labels: ClassVar[bool] = True
     probabilities: ClassVar[bool] = True
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> WeightsBlender:
-        X = np.clip(np.asarray(X, dtype=float), M.EPS, 1 - M.EPS)
+        X = np.clip(self._fit_columns(X, y), M.EPS, 1 - M.EPS)
         y = np.asarray(y, dtype=float)
         m = X.shape[1]
 
@@ -155,7 +186,7 @@ class WeightsBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "weights_")
-        return _dot(_check_columns(X, len(self.weights_)), self.weights_)
+        return _dot(self._predict_columns(X, len(self.weights_)), self.weights_)
 
     def weights(self) -> np.ndarray:
         check_is_fitted(self, "weights_")
@@ -169,7 +200,7 @@ class WeightsBlender(BaseEstimator):
         return self
 
 
-class StackBlender(BaseEstimator):
+class StackBlender(_Blender):
     """Logistic regression on the inputs' logits (L2, strength ``1/C``)."""
 
     uses_labels: ClassVar[bool] = True
@@ -179,6 +210,7 @@ class StackBlender(BaseEstimator):
         self.C = C
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> StackBlender:
+        X = self._fit_columns(X, y)
         lr = LogisticRegression(C=self.C, max_iter=1000).fit(_logits(X), np.asarray(y, dtype=int))
         # keep plain arrays: predict must be reproducible from blend.json alone
         self.coef_ = lr.coef_.ravel().astype(float)
@@ -187,7 +219,7 @@ class StackBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "coef_")
-        return expit(_dot(_logits(_check_columns(X, len(self.coef_))), self.coef_) + self.intercept_)
+        return expit(_dot(_logits(self._predict_columns(X, len(self.coef_))), self.coef_) + self.intercept_)
 
     def weights(self) -> np.ndarray:
         check_is_fitted(self, "coef_")
