@@ -54,7 +54,7 @@ from melanet.errors import ArtifactError, ConfigError, unknown_choice
 from melanet.io import read_json, write_csv, write_json, write_parquet, write_text
 from melanet.runs import (RunDir, TargetSpec, check_out_dir, check_run, comparable_config, evaluate,
                           predictions_frame, read_run, run_identity, spec_from_metrics)
-from melanet.tracking import BACKENDS
+from melanet.tracking import TrackingBackend
 
 BLEND_FILE = "blend.json"
 COMPARISON_FILE = "comparison.csv"
@@ -66,19 +66,21 @@ PROBABILITY_METRICS = ["log_loss", "brier"]
 #: input by nested CV).
 METHODS = ("auto", "rank", "weights", "stack")
 
+BlendMethod = Choice("blend method", METHODS)
+
 
 class BlendConfig(StageConfig):
     """``melanet blend`` options."""
 
     runs: list[Path] = Field(min_length=2, description="Run folders to blend (each with oof/test.parquet).")
     out_dir: Path = Field(description="Blend run folder to write.")
-    method: Choice("blend method", METHODS) = Field("auto", description="auto (chosen by nested cross validation, melanet/blend_auto.py), "
+    method: BlendMethod = Field("auto", description="auto (chosen by nested cross validation, melanet/blend_auto.py), "
                                             "rank, weights or stack.")
     stack_c: float = Field(1.0, gt=0, description="Inverse L2 strength of the stacking logistic regression.")
     n_boot: int = Field(500, ge=0, description="Bootstrap resamples for AUC intervals (0 = off).")
     seed: int = Field(0, description="Bootstrap seed.")
     report: bool = Field(True, description="Write report.html into the blend folder.")
-    track: Choice("tracking backend", BACKENDS) = "none"
+    track: TrackingBackend = "none"
     track_uri: str | None = None
     overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
 
