@@ -43,10 +43,12 @@ from scipy.optimize import minimize
 from scipy.special import expit, logit
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils import ClassifierTags
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from melanet import metrics as M
-from melanet.config import StageConfig, config_to_yaml
+from melanet.config import Choice, StageConfig, config_to_yaml
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, unknown_choice
 from melanet.io import write_csv, write_json, write_parquet, write_text
@@ -54,8 +56,16 @@ from melanet.report import after_stage
 from melanet.runs import (BLEND_FILE, COMPARISON_FILE, CONFIG_FILE, RunDir, TargetSpec, check_out_dir, check_run,
                           comparable_config, evaluate, predictions_frame, read_recipe, read_run, recipe_inputs,
                           run_identity, spec_from_metrics)
+from melanet.tracking import TrackingBackend
 METRICS = ["auc", "pauc80", "ap", "log_loss", "brier"]
 PROBABILITY_METRICS = ["log_loss", "brier"]
+
+
+#: Every name ``method`` accepts (``BLENDERS`` below and ``auto``, which chooses among them and each single
+#: input by nested CV).
+METHODS = ("auto", "rank", "weights", "stack")
+
+BlendMethod = Choice("blend method", METHODS)
 
 
 class BlendConfig(StageConfig):
@@ -63,13 +73,13 @@ class BlendConfig(StageConfig):
 
     runs: list[Path] = Field(min_length=2, description="Run folders to blend (each with oof/test.parquet).")
     out_dir: Path = Field(description="Blend run folder to write.")
-    method: str = Field("auto", description="auto (chosen by nested cross validation, melanet/blend_auto.py), "
+    method: BlendMethod = Field("auto", description="auto (chosen by nested cross validation, melanet/blend_auto.py), "
                                             "rank, weights or stack.")
     stack_c: float = Field(1.0, gt=0, description="Inverse L2 strength of the stacking logistic regression.")
     n_boot: int = Field(500, ge=0, description="Bootstrap resamples for AUC intervals (0 = off).")
     seed: int = Field(0, description="Bootstrap seed.")
     report: bool = Field(True, description="Write report.html into the blend folder.")
-    track: str = "none"
+    track: TrackingBackend = "none"
     track_uri: str | None = None
     overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
 
@@ -81,14 +91,43 @@ _OPERATIONAL = {"runs", "out_dir", "report", "track", "track_uri", "overwrite"}
 # --- blenders (scikit-learn estimator contract) -------------------------------------------
 
 
-class RankBlender(BaseEstimator):
+class _Blender(BaseEstimator):
+    """What every blender shares: binary targets, score columns checked as scikit-learn checks them."""
+
+    uses_labels: ClassVar[bool] = True
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags = ClassifierTags(multi_class=False)  # scores one binary target (0/1)
+        tags.target_tags.required = self.uses_labels
+        return tags
+
+    def _fit_columns(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """``X`` as a finite float (n, m) array with n, m >= 1; sets ``n_features_in_``.
+
+        A blender that learns from labels also needs ``y``: one binary (0/1) label per row.
+        """
+        if not self.uses_labels:
+            return validate_data(self, X, dtype=float, reset=True)
+        X, y = validate_data(self, X, y, dtype=float, reset=True)
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
+        if kind != "binary":
+            raise ValueError(f"{type(self).__name__} blends the scores of a binary (0/1) target; y is {kind}")
+        return X
+
+    def _predict_columns(self, X: np.ndarray, m: int) -> np.ndarray:
+        """``X`` as a finite float array with the ``m`` columns the blender was fitted (or restored) with."""
+        return _check_columns(validate_data(self, X, dtype=float, reset=False), m)
+
+
+class RankBlender(_Blender):
     """Equal-weight mean of each column's OOF empirical-CDF value (mid-rank scaled to 0-1)."""
 
     uses_labels: ClassVar[bool] = False
     probabilities: ClassVar[bool] = False
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> RankBlender:
-        X = np.asarray(X, dtype=float)
+        X = self._fit_columns(X)
         n = len(X)
         self.knots_, self.quantiles_ = [], []
         for col in X.T:
@@ -101,7 +140,7 @@ class RankBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "knots_")
-        X = _check_columns(X, len(self.knots_))
+        X = self._predict_columns(X, len(self.knots_))
         ranks = [np.interp(X[:, j], k, q, left=0.0, right=1.0)
                  for j, (k, q) in enumerate(zip(self.knots_, self.quantiles_))]
         return np.mean(ranks, axis=0)
@@ -120,14 +159,14 @@ class RankBlender(BaseEstimator):
         return self
 
 
-class WeightsBlender(BaseEstimator):
+class WeightsBlender(_Blender):
     """Convex combination of the inputs' probabilities minimising log loss (weights >= 0, sum 1)."""
 
     uses_labels: ClassVar[bool] = True
     probabilities: ClassVar[bool] = True
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> WeightsBlender:
-        X = np.clip(np.asarray(X, dtype=float), M.EPS, 1 - M.EPS)
+        X = np.clip(self._fit_columns(X, y), M.EPS, 1 - M.EPS)
         y = np.asarray(y, dtype=float)
         m = X.shape[1]
 
@@ -148,7 +187,7 @@ class WeightsBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "weights_")
-        return _dot(_check_columns(X, len(self.weights_)), self.weights_)
+        return _dot(self._predict_columns(X, len(self.weights_)), self.weights_)
 
     def weights(self) -> np.ndarray:
         check_is_fitted(self, "weights_")
@@ -162,7 +201,7 @@ class WeightsBlender(BaseEstimator):
         return self
 
 
-class StackBlender(BaseEstimator):
+class StackBlender(_Blender):
     """Logistic regression on the inputs' logits (L2, strength ``1/C``)."""
 
     uses_labels: ClassVar[bool] = True
@@ -172,6 +211,7 @@ class StackBlender(BaseEstimator):
         self.C = C
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> StackBlender:
+        X = self._fit_columns(X, y)
         lr = LogisticRegression(C=self.C, max_iter=1000).fit(_logits(X), np.asarray(y, dtype=int))
         # keep plain arrays: predict must be reproducible from blend.json alone
         self.coef_ = lr.coef_.ravel().astype(float)
@@ -180,7 +220,7 @@ class StackBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "coef_")
-        return expit(_dot(_logits(_check_columns(X, len(self.coef_))), self.coef_) + self.intercept_)
+        return expit(_dot(_logits(self._predict_columns(X, len(self.coef_))), self.coef_) + self.intercept_)
 
     def weights(self) -> np.ndarray:
         check_is_fitted(self, "coef_")
@@ -198,8 +238,7 @@ class StackBlender(BaseEstimator):
 BLENDERS: dict[str, type[BaseEstimator]] = {"rank": RankBlender, "weights": WeightsBlender, "stack": StackBlender}
 
 
-#: Every name ``method`` accepts: ``auto`` chooses among the others (and each single input) by nested CV.
-METHODS = ("auto", *BLENDERS)
+assert METHODS == ("auto", *BLENDERS), "METHODS names every blender"
 
 
 def make_blender(method: str, **params: Any) -> BaseEstimator:
@@ -493,11 +532,9 @@ def apply_blend(run_dir: str | Path, scores: pd.DataFrame) -> np.ndarray:
 
 def run(cfg: BlendConfig) -> dict:
     """Blend ``cfg.runs`` into ``cfg.out_dir``; return the blend and input scores."""
-    from melanet.tracking import BACKENDS, start_tracking
+    from melanet.tracking import start_tracking
 
     blender = make_blender(cfg.method, C=cfg.stack_c)
-    if cfg.track not in BACKENDS:  # fail before the work, not after it
-        raise unknown_choice("tracking backend", cfg.track, BACKENDS)
     out = check_out_dir(cfg.out_dir)
     if any(Path(p).resolve() == out.resolve() for p in cfg.runs):
         raise ConfigError(f"--out {out} is one of the input runs; choose a new folder for the blend")

@@ -37,16 +37,16 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, clone
 from sklearn.metrics import roc_auc_score
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from melanet.blend import BLENDERS, RankBlender, _check_columns, cross_val_blend, make_blender
+from melanet.blend import BLENDERS, RankBlender, _Blender, cross_val_blend, make_blender
 
 #: Simplicity order of the candidate kinds (lower = simpler, preferred within one standard error).
 COMPLEXITY = {"input": 0, "rank": 1, "weights": 2, "stack": 3}
 COMBINATIONS = ("rank", "weights", "stack")
 
 
-class SelectInput(BaseEstimator):
+class SelectInput(_Blender):
     """Pass one input's score through unchanged (the "no blend" candidate)."""
 
     uses_labels: ClassVar[bool] = False
@@ -56,12 +56,12 @@ class SelectInput(BaseEstimator):
         self.column = column
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> SelectInput:
-        self.n_columns_ = np.asarray(X).shape[1]
+        self.n_columns_ = self._fit_columns(X).shape[1]
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "n_columns_")
-        return _check_columns(X, self.n_columns_)[:, self.column]
+        return self._predict_columns(X, self.n_columns_)[:, self.column]
 
     def weights(self) -> np.ndarray:
         check_is_fitted(self, "n_columns_")
@@ -183,7 +183,7 @@ def nested_oof(X: np.ndarray, y: np.ndarray, folds: np.ndarray, cands: dict[str,
     return out, choices, True
 
 
-class AutoBlender(BaseEstimator):
+class AutoBlender(_Blender):
     """The candidate :func:`select` picks on the given folds, fitted on all rows (scikit-learn contract).
 
     ``fit(X, y, folds, groups)`` (groups: patient ids for the bootstrap) sets ``choice_`` (candidate name), ``blender_``
@@ -203,7 +203,7 @@ class AutoBlender(BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray, folds: np.ndarray | None = None,
             groups: np.ndarray | None = None) -> AutoBlender:
-        X, y = np.asarray(X, dtype=float), np.asarray(y)
+        X, y = self._fit_columns(X, y), np.asarray(y)
         if folds is None:  # no fold column given: patient-blind stratified folds, seeded
             from sklearn.model_selection import StratifiedKFold
 
@@ -218,7 +218,7 @@ class AutoBlender(BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "blender_")
-        return self.blender_.predict(X)
+        return self.blender_.predict(validate_data(self, X, dtype=float, reset=False))
 
     def weights(self) -> np.ndarray:
         check_is_fitted(self, "blender_")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ DICOM_COLUMNS = [
     "photometric", "rows", "cols", "frames", "bits_stored", "transfer_syntax", "sha256", "image_path",
 ]
 REQUIRED_COLUMNS = DICOM_COLUMNS + ["fold"]
+# Columns that name or locate an image or patient (or its fold): never features, never summarised as data.
+IDENTIFIER_COLUMNS = ["image_id", "sop_instance_uid", "patient_id", "sha256", "image_path", "fold"]
 
 
 def read_cohort(data_dir: str | Path) -> pd.DataFrame:
@@ -48,6 +51,26 @@ def labelled_mask(cohort: pd.DataFrame, target: str = "target") -> np.ndarray:
             f"{[c for c in cohort.columns if c not in REQUIRED_COLUMNS]}"
         )
     return (cohort[target].notna() & (cohort["fold"] >= 0)).to_numpy()
+
+
+def age_bins(age: pd.Series, edges: Sequence[float] | None = None, labels: Sequence[str] | None = None, *,
+             years: int = 10, unknown: str | None = None) -> pd.Series:
+    """Ages (years) as ordered categorical bins (the report's subgroups and the EDA's rate table).
+
+    With ``edges`` (bin starts, last one the open end, e.g. ``[0, 30, 45, 60, 75, inf]``) the bins are
+    ``[edge_i, edge_i+1)`` named by ``labels`` (all bins are categories). Without, they are ``years`` wide,
+    named ``"40-49"``, and only the bins that occur are categories. A missing (or non-numeric) age is
+    ``unknown`` (appended as the last category) or, when ``unknown`` is None, stays missing.
+    """
+    age = pd.to_numeric(age, errors="coerce")
+    if edges is not None:
+        binned = pd.cut(age, list(edges), right=False, labels=list(labels) if labels is not None else None)
+    else:
+        low = (np.floor(age / years) * years).dropna().astype(int)
+        names = {lo: f"{lo}-{lo + years - 1}" for lo in sorted(low.unique())}
+        binned = pd.Series(pd.Categorical(low.map(names).reindex(age.index), categories=list(names.values()),
+                                          ordered=True), index=age.index, name="age_bin")
+    return binned.cat.add_categories(unknown).fillna(unknown) if unknown is not None else binned
 
 
 def image_file(data_dir: str | Path, image_path: str) -> Path:

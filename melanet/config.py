@@ -8,13 +8,13 @@ key with a YAML-parsed value; the resolved config is written into the run.
 from __future__ import annotations
 
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from melanet.errors import ConfigError, did_you_mean
+from melanet.errors import ConfigError, did_you_mean, unknown_choice
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -25,6 +25,25 @@ class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are rejected, values validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def Choice(kind: str, choices: Iterable[str]) -> Any:
+    """The one type for a config value picked by name (reader, executor, blend method, tracking backend...).
+
+    ``Choice("reader", READERS)`` is ``Literal[*READERS]`` (so the JSON schema and type checkers see the
+    names) whose check runs first and answers an unknown name as every registry does, with
+    :func:`melanet.errors.unknown_choice` ("unknown reader 'pydicm' (did you mean 'pydicom'?); choose one
+    of: ..."), when the config is loaded, before a stage creates a folder or reads a file. A registry that
+    is a dict gives its keys.
+    """
+    names = tuple(str(c) for c in choices)
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or value not in names:
+            raise ValueError(str(unknown_choice(kind, value, names)))
+        return value
+
+    return Annotated[Literal.__getitem__(names), BeforeValidator(check)]
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -110,6 +129,9 @@ def build_config(model_cls: type[C], data: dict[str, Any], source: str = "config
                 hint = did_you_mean(str(loc[-1]), _model_fields_at(model_cls, loc))
                 lines.append(f"unknown key {key!r}{hint}")
             else:
+                if str(err.get("ctx", {}).get("error", "")).startswith("unknown "):  # a Choice: its message says all
+                    lines.append(f"{key}: {err['ctx']['error']}")
+                    continue
                 got = repr(err.get("input"))  # a whole section as the value says nothing: leave it out
                 lines.append(f"{key}: {err['msg']}" + (f" (got {got})" if len(got) <= 80 else ""))
         raise ConfigError(f"invalid {', '.join(sorted(blamed))}: " + "; ".join(lines)) from None

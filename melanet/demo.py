@@ -20,6 +20,7 @@ from pydantic import Field
 from rich.table import Table
 
 from melanet import metrics as M
+from melanet.blend import BlendMethod
 from melanet.config import StageConfig, load_config
 from melanet.console import console
 from melanet.io import read_json, write_csv
@@ -38,7 +39,7 @@ class DemoConfig(StageConfig):
     image_size: int = Field(96, description="Side of the synthetic DICOM images and of the cache, pixels.")
     fusion_config: str = "fusion-cpu-small"
     gbdt_config: str = "gbdt"
-    blend_method: str = Field("auto", description="Blend method over every model run (auto: chosen by nested CV, "
+    blend_method: BlendMethod = Field("auto", description="Blend method over every model run (auto: chosen by nested CV, "
                                                   "never below its best input).")
     fusion_set: list[str] = Field(default_factory=list, description="--set overrides for both CNN runs.")
     workers: int = 0

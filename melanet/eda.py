@@ -39,7 +39,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from melanet import eda_lesions, plots
-from melanet.cohort import DICOM_COLUMNS, load_image, read_cohort
+from melanet.plots import load_images, thumbnail_strip  # noqa: F401  (re-exported: melanet.eda.thumbnail_strip)
+from melanet.cohort import DICOM_COLUMNS, IDENTIFIER_COLUMNS, age_bins, load_image, read_cohort
 from melanet.config import StageConfig
 from melanet.imagehash import HASH_BITS, HASH_WORDS, hamming, near_pairs, phash
 from melanet.io import write_csv, write_text
@@ -49,7 +50,6 @@ DUPLICATES_FILE = "duplicates.csv"
 MISSING = "(missing)"
 UNLABELLED = "unlabelled"
 # Identifiers and file references: not metadata a model could learn from.
-IDENTIFIER_COLUMNS = ["image_id", "sop_instance_uid", "patient_id", "sha256", "image_path", "fold"]
 FORMAT_COLUMNS = ["modality", "photometric", "transfer_syntax", "bits_stored", "rows", "cols", "frames"]
 # Perceptual-hash bits (of 256) for near-duplicates: copies measured at <= 16, distinct lesions >= 38
 # (see melanet.imagehash).
@@ -102,16 +102,6 @@ def class_labels(cohort: pd.DataFrame, target: str = "target") -> pd.Series:
     return out
 
 
-def age_bins(age: pd.Series, years: int = 10) -> pd.Series:
-    """Ages (years) as ordered bins ``"40-49"``; missing ages stay missing."""
-    age = pd.to_numeric(age, errors="coerce")
-    low = (np.floor(age / years) * years).dropna().astype(int)
-    names = {lo: f"{lo}-{lo + years - 1}" for lo in sorted(low.unique())}
-    labels = low.map(names).reindex(age.index)
-    return pd.Series(pd.Categorical(labels, categories=list(names.values()), ordered=True),
-                     index=age.index, name="age_bin")
-
-
 def wilson_interval(positives: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """95% Wilson score interval of a proportion (NaN where ``n`` is 0)."""
     positives, n = np.asarray(positives, float), np.asarray(n, float)
@@ -157,7 +147,7 @@ def target_rates(cohort: pd.DataFrame, by: str | pd.Series, target: str = "targe
     """Per value of ``by``: images, patients, labelled images and the label among them.
 
     ``by`` is a cohort column name or a Series aligned with the cohort (e.g.
-    :func:`age_bins`). Binary targets get ``positives``, ``rate`` and its 95%
+    :func:`melanet.cohort.age_bins`). Binary targets get ``positives``, ``rate`` and its 95%
     Wilson interval ``rate_low``/``rate_high``; other targets one ``frac_<class>``
     column per class. Missing values form a ``(missing)`` row, last. Order:
     ordered categories in order, numbers ascending, other values most images first.
@@ -340,36 +330,6 @@ def scan_images(data_dir: str | Path, cohort: pd.DataFrame, classes: pd.Series) 
 # --- HTML -----------------------------------------------------------------------------------
 
 
-def thumbnail_strip(items: list[tuple[np.ndarray | None, str]], max_side: int = 96) -> str:
-    """HTML row of thumbnails (longest side ``max_side`` pixels) with captions; ``None`` shows a grey box."""
-    cells = []
-    for image, caption in items:
-        if image is None:
-            picture = (f'<div style="width:{max_side}px;height:{max_side}px;background:#ddd;'
-                       f'font-size:0.7em">image not readable</div>')
-        else:
-            scale = max_side / max(image.shape[:2])
-            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-            png = cv2.imencode(".png", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))[1].tobytes()
-            picture = plots.img_tag(png, caption)
-        text = "<br>".join(html.escape(line) for line in caption.split("\n"))
-        cells.append(f'<figure style="margin:0;width:{max_side + 8}px;font-size:0.7em;overflow-wrap:anywhere">'
-                     f"{picture}<figcaption>{text}</figcaption></figure>")
-    return '<div style="display:flex;flex-wrap:wrap;gap:6px;margin:0.5em 0">' + "".join(cells) + "</div>"
-
-
-def load_images(data_dir: str | Path, image_paths: list[str]) -> list[np.ndarray | None]:
-    """Cached images for display; None for a file that cannot be read."""
-    out: list[np.ndarray | None] = []
-    for path in image_paths:
-        try:
-            out.append(load_image(data_dir, path))
-        except (OSError, ValueError):
-            out.append(None)
-    return out
-
-
 def _fig(fig) -> str:
     return plots.img_tag(plots.to_png(fig), fig.axes[0].get_title() if fig.axes else "figure")
 
@@ -438,7 +398,7 @@ def _metadata_html(cohort: pd.DataFrame, cfg: EDAConfig, classes: pd.Series) -> 
 
 
 def _rates_html(cohort: pd.DataFrame, cfg: EDAConfig) -> str:
-    groupings = {"sex": "sex", "age bin": age_bins(cohort["age"], cfg.age_bin_years), "site": "site"}
+    groupings = {"sex": "sex", "age bin": age_bins(cohort["age"], years=cfg.age_bin_years), "site": "site"}
     tables = {name: target_rates(cohort, by, cfg.target) for name, by in groupings.items()
               if not isinstance(by, str) or by in cohort}
     parts = [plots.note(

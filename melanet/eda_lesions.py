@@ -54,7 +54,7 @@ def descriptor_auc(values: pd.Series, target: pd.Series) -> float:
 def section_html(data_dir: Path, cohort: pd.DataFrame, classes: pd.Series, target: str, n_thumbs: int,
                  thumb_px: int, seed: int) -> str:
     """Inner HTML of the section (a note only when the cohort has no descriptors)."""
-    from melanet.eda import load_images, thumbnail_strip
+    from melanet.plots import load_images, thumbnail_strip
 
     if "lesion_mask_ok" not in cohort.columns:
         return plots.note("No lesion_* columns: the cohort was ingested with descriptors=false.")

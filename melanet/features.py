@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from melanet.errors import ArtifactError
 
@@ -145,16 +147,27 @@ def patient_context(patient_id: pd.Series, values: pd.DataFrame) -> pd.DataFrame
     return out
 
 
-class MetaEncoder:
-    """Dense, standardised metadata matrix for the MLP branch (scikit-learn style).
+class MetaEncoder(TransformerMixin, BaseEstimator):
+    """Dense, standardised metadata matrix for the MLP branch (a scikit-learn transformer).
 
     ``fit`` learns categories and mean/std on training rows only; ``transform``
     returns float32 (n, n_features): one-hot categoricals with a ``__missing__``
     level (unseen levels map to it too), standardised numerics with NaN set to 0
     and a ``<col>_missing`` indicator when the column had any missing value.
+    Categorical means a pandas ``category`` or ``object`` column; anything else
+    is numeric. A DataFrame is read by column name: a column seen at fit but
+    absent at transform is an error (never silently encoded as missing); extra
+    columns are ignored, as a prediction cohort may carry more than training
+    did. A NumPy array is read by position (columns ``x0``, ``x1``, ...).
+    The learned state round-trips through JSON (:meth:`to_dict` / :meth:`from_dict`).
     """
 
-    def fit(self, feats: pd.DataFrame) -> "MetaEncoder":
+    def fit(self, X: pd.DataFrame | np.ndarray, y: object = None) -> MetaEncoder:
+        feats = self._frame(X, fitting=True)
+        for n, what in ((feats.shape[0], "sample"), (feats.shape[1], "feature")):
+            if n == 0:  # scikit-learn's wording
+                raise ValueError(f"Found array with 0 {what}(s) (shape={feats.shape}) while a minimum of 1 is "
+                                 f"required by MetaEncoder.")
         self.categories_: dict[str, list[str]] = {}
         self.numeric_: dict[str, tuple[float, float, bool]] = {}
         for col in feats.columns:
@@ -169,46 +182,86 @@ class MetaEncoder:
                 self.numeric_[col] = (mean, std if std > 1e-12 else 1.0, bool(v.isna().any()))
         return self
 
-    def _check(self) -> None:
-        if not hasattr(self, "categories_"):
-            raise RuntimeError("MetaEncoder is not fitted; call fit() on the training rows first")
+    def _frame(self, X: pd.DataFrame | np.ndarray, fitting: bool = False) -> pd.DataFrame:
+        """``X`` as a DataFrame keyed by the column names the state uses; checks columns against the fit."""
+        if isinstance(X, pd.DataFrame):
+            feats = X.rename(columns=str)
+            if fitting:
+                self.feature_names_in_ = np.asarray(feats.columns, dtype=object)
+                self.n_features_in_ = feats.shape[1]
+                return feats
+            missing = [c for c in self._columns() if c not in feats.columns]
+            if missing:
+                raise ArtifactError(f"MetaEncoder: the feature table lacks column(s) {missing} that it was fitted "
+                                    f"with; build the features as at training (columns: {list(self._columns())})")
+            return feats
+        # a NumPy table: 2-D, dense, real; NaN and None are missing values (any dtype, object = categorical)
+        arr = check_array(X, dtype=None, ensure_all_finite=False, ensure_min_samples=0, ensure_min_features=0)
+        if fitting:
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            self.n_features_in_ = arr.shape[1]
+        elif arr.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {arr.shape[1]} features, but MetaEncoder is expecting "
+                             f"{self.n_features_in_} features as input")
+        return pd.DataFrame(arr, columns=[f"x{j}" for j in range(arr.shape[1])])
 
-    @property
-    def feature_names_(self) -> list[str]:
-        self._check()
+    def _columns(self) -> list[str]:
+        return list(self.categories_) + list(self.numeric_)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN is a missing value: a category of its own, or 0 plus an indicator
+        tags.input_tags.categorical = True
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = ["float32"]  # the MLP's input dtype, whatever came in
+        return tags
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        """Output column names: ``<col>=<level>`` per one-hot level, ``<col>`` and ``<col>_missing`` per numeric."""
+        check_is_fitted(self, "categories_")
         names = [f"{c}={lvl}" for c, levels in self.categories_.items() for lvl in levels]
         for col, (_, _, has_missing) in self.numeric_.items():
             names.append(col)
             if has_missing:
                 names.append(f"{col}_missing")
-        return names
+        return np.asarray(names, dtype=object)
 
-    def transform(self, feats: pd.DataFrame) -> np.ndarray:
-        self._check()
+    @property
+    def feature_names_(self) -> list[str]:
+        """The output names as a list (what ``meta_encoder.json`` stores as ``feature_names``)."""
+        return self.get_feature_names_out().tolist()
+
+    def transform(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "categories_")
+        feats = self._frame(X)
+        n = len(feats)
         blocks = []
         for col, levels in self.categories_.items():
-            s = feats[col].astype("object") if col in feats else pd.Series([None] * len(feats))
             index = {lvl: i for i, lvl in enumerate(levels)}
             codes = np.array([index.get(str(v), len(levels) - 1) if v is not None and v == v else len(levels) - 1
-                              for v in s], dtype=int)
-            onehot = np.zeros((len(feats), len(levels)), dtype=np.float32)
-            onehot[np.arange(len(feats)), codes] = 1.0
+                              for v in feats[col].astype("object")], dtype=int)
+            onehot = np.zeros((n, len(levels)), dtype=np.float32)
+            onehot[np.arange(n), codes] = 1.0
             blocks.append(onehot)
         for col, (mean, std, has_missing) in self.numeric_.items():
-            v = feats[col].astype(float).to_numpy() if col in feats else np.full(len(feats), np.nan)
+            v = feats[col].astype(float).to_numpy()
             z = np.nan_to_num((v - mean) / std, nan=0.0).astype(np.float32)
             blocks.append(z[:, None])
             if has_missing:
                 blocks.append(np.isnan(v).astype(np.float32)[:, None])
-        return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(feats), 0), np.float32)
+        return np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), np.float32)
 
     def to_dict(self) -> dict:
-        self._check()
+        check_is_fitted(self, "categories_")
         return {"categories": self.categories_, "numeric": {k: list(v) for k, v in self.numeric_.items()}}
 
     @classmethod
-    def from_dict(cls, state: dict) -> "MetaEncoder":
+    def from_dict(cls, state: dict) -> MetaEncoder:
+        """An encoder from :meth:`to_dict`'s state (column names as the feature names it reads)."""
         enc = cls()
         enc.categories_ = {k: list(v) for k, v in state["categories"].items()}
         enc.numeric_ = {k: (float(v[0]), float(v[1]), bool(v[2])) for k, v in state["numeric"].items()}
+        enc.feature_names_in_ = np.asarray(enc._columns(), dtype=object)
+        enc.n_features_in_ = len(enc.feature_names_in_)
         return enc

@@ -37,9 +37,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -49,15 +48,20 @@ from melanet import ingest_write, privacy
 from melanet.cohort import COHORT_FILE, DICOM_COLUMNS, ERRORS_FILE
 from melanet.descriptors import (DESCRIPTOR_VERSION, LESION_COLUMNS, descriptor_rule, empty_descriptors,
                                  lesion_descriptors, rule_summary)
-from melanet.config import StageConfig, config_to_yaml
+from melanet.config import Choice, StageConfig, config_to_yaml
 from melanet.console import console, progress
-from melanet.errors import DicomError, InputDataError, unknown_choice
+from melanet.dicom.pixels import MULTIFRAME_POLICIES
+from melanet.dicom.readers import READERS
+from melanet.errors import DicomError, InputDataError
+from melanet.images import RESIZE_MODES, resize_square  # noqa: F401  (re-exported: melanet.ingest.resize_square)
 from melanet.io import atomic_path, check_out_dir, write_csv, write_json, write_parquet, write_text
 from melanet.optional import require
 from melanet.labels import (DICOM_SUFFIXES, EMPTY_TARGET, image_id_for, join_labels, precheck_keys,  # noqa: F401
                             prepare_labels, read_labels)
 from melanet.privacy import pseudonymise  # noqa: F401  (re-exported: melanet.ingest.pseudonymise)
 from melanet.processes import imap_unordered
+from melanet.runtime import available_cores
+from melanet.targets import TargetType
 
 # DICOM_SUFFIXES (melanet.labels): only these suffixes are stripped from file names to make image_id:
 # DICOM file names are often UIDs ("1.2.840.113619.2.55.3") whose dots are not extensions.
@@ -66,6 +70,12 @@ PARTS_DIR = "cohort_parts"
 # Column types of the decoded rows; the other DICOM columns are text.
 INT_COLUMNS = ("rows", "cols", "frames", "bits_stored")
 FLOAT_COLUMNS = ("age",)
+
+# Name-valued settings: an unknown name fails when the config loads (melanet.config.Choice).
+ResizeMode = Choice("resize", RESIZE_MODES)
+MultiframePolicy = Choice("multiframe policy", MULTIFRAME_POLICIES)
+Reader = Choice("reader", READERS)
+Engine = Choice("engine", ENGINES)
 
 
 class IngestConfig(StageConfig):
@@ -80,19 +90,19 @@ class IngestConfig(StageConfig):
     fold_column: str | None = Field(None, description="Use this labels-table column as the fold instead.")
     seed: int = Field(42, description="Seed of the fold split.")
     image_size: int = Field(256, ge=8, le=4096, description="Side of cached images, pixels.")
-    resize: Literal["squash", "pad"] = Field(
+    resize: ResizeMode = Field(
         "squash", description="squash: resize to a square ignoring aspect; pad: pad to square first.")
-    multiframe: Literal["first", "middle", "mip", "mean"] = Field(
+    multiframe: MultiframePolicy = Field(
         "middle", description="Which frame of a multi-frame file becomes the image (mip = max projection).")
-    reader: str = Field("pydicom", description="DICOM reader: pydicom or sitk.")
-    workers: int = Field(0, ge=0, description="Worker processes; 0 = all cores.")
+    reader: Reader = Field("pydicom", description="DICOM reader: pydicom or sitk.")
+    workers: int = Field(0, ge=0, description="Worker processes; 0 = every core this process may run on.")
     chunk_size: int = Field(16, ge=1, description="Files per task sent to a worker.")
     part_rows: int = Field(50_000, ge=1, description="Decoded rows packed into one table (with engine dask, one "
                                                      "cohort_parts/ file) as they arrive.")
-    engine: str = Field("local", description="local (processes) or dask.")
+    engine: Engine = Field("local", description="local (processes) or dask.")
     scheduler: str | None = Field(None, description="Dask scheduler address; none = a local cluster.")
     eda: bool = Field(True, description="Write DATA_DIR/eda.html after ingest.")
-    target_type: Literal["auto", "binary", "multiclass"] = Field(
+    target_type: TargetType = Field(
         "auto", description="auto/binary: the target must be 0/1 (or positive_class given); multiclass: any values.")
     positive_class: str | None = Field(None, description="Binarise the target: this value -> 1, others -> 0 "
                                                           "(the original values kept in <target>_original).")
@@ -177,25 +187,6 @@ def scan_folder(dicom_dir: Path, exclude: Path | None = None,
 def list_files(dicom_dir: Path, exclude: Path | None = None) -> list[Path]:
     """Every regular file under ``dicom_dir`` that :func:`scan_folder` reads, sorted."""
     return scan_folder(dicom_dir, exclude)[0]
-
-
-def resize_square(pixels: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
-    """Resize uint8 (H, W, 3) to (size, size, 3); ``pad`` pads to square with the edge mean first."""
-    if mode == "pad":
-        h, w = pixels.shape[:2]
-        side = max(h, w)
-        if h != w:
-            fill = pixels.reshape(-1, pixels.shape[2]).mean(axis=0).astype(np.uint8)
-            canvas = np.empty((side, side, pixels.shape[2]), np.uint8)
-            canvas[:] = fill
-            top, left = (side - h) // 2, (side - w) // 2
-            canvas[top:top + h, left:left + w] = pixels
-            pixels = canvas
-    if pixels.shape[0] == size and pixels.shape[1] == size:
-        return np.ascontiguousarray(pixels)
-    shrinking = pixels.shape[0] > size or pixels.shape[1] > size
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(pixels, (size, size), interpolation=interp)
 
 
 def settings_tag(settings: dict[str, Any]) -> str:
@@ -375,13 +366,7 @@ def load_key(out_dir: Path) -> bytes:
 
 
 def check_inputs(cfg: IngestConfig) -> None:
-    """Reader and engine names known, DICOM folder a folder, out_dir not a file: before anything is written."""
-    from melanet.dicom.readers import READERS
-
-    if cfg.reader not in READERS:
-        raise unknown_choice("reader", cfg.reader, READERS)
-    if cfg.engine not in ENGINES:
-        raise unknown_choice("engine", cfg.engine, ENGINES)
+    """DICOM folder a folder, out_dir not a file: before anything is written (names are checked by IngestConfig)."""
     if not Path(cfg.dicom_dir).is_dir():
         raise InputDataError(f"DICOM folder {cfg.dicom_dir} does not exist or is not a folder; check the path")
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
@@ -407,7 +392,7 @@ def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "in
     dicom_dir = Path(cfg.dicom_dir)
     files, skipped_entries = scan if scan is not None else scan_inputs(cfg, out_dir)
     items = [(str(p), p.relative_to(dicom_dir).as_posix()) for p in files]
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or available_cores()
     settings = cfg.pixel_settings()
     args = (str(out_dir), settings, key, cfg.descriptors)
     columns = DICOM_COLUMNS + (LESION_COLUMNS if cfg.descriptors else [])

@@ -16,11 +16,14 @@ import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from melanet import images
+from melanet.cohort import load_image
 from melanet.io import write_bytes
 
 DPI = 100
@@ -174,10 +177,9 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], ncols: int
     return fig
 
 
-def thumbnail(img: np.ndarray, max_side: int = 128) -> np.ndarray:
-    """Downsample by striding (cheap; good enough for a thumbnail)."""
-    step = max(1, int(np.ceil(max(img.shape[:2]) / max_side)))
-    return img[::step, ::step]
+def thumbnail(img: np.ndarray, max_side: int = 128, enlarge: bool = False) -> np.ndarray:
+    """Longest side ``max_side`` pixels, aspect kept: :func:`melanet.images.thumbnail` (area filter)."""
+    return images.thumbnail(img, max_side, enlarge)
 
 
 # --- HTML ----------------------------------------------------------------------------------
@@ -201,6 +203,34 @@ def img_tag(png: bytes, alt: str) -> str:
 def table_html(df: pd.DataFrame, digits: int = 4, index: bool = False) -> str:
     """A pandas table as HTML with fixed float precision and a dash for missing values."""
     return df.to_html(index=index, float_format=lambda v: f"{v:.{digits}f}", na_rep="–", border=0)
+
+
+def thumbnail_strip(items: list[tuple[np.ndarray | None, str]], max_side: int = 96) -> str:
+    """HTML row of thumbnails (longest side ``max_side`` pixels) with captions; ``None`` shows a grey box."""
+    cells = []
+    for image, caption in items:
+        if image is None:
+            picture = (f'<div style="width:{max_side}px;height:{max_side}px;background:#ddd;'
+                       f'font-size:0.7em">image not readable</div>')
+        else:
+            small = thumbnail(image, max_side, enlarge=True)
+            png = cv2.imencode(".png", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))[1].tobytes()
+            picture = img_tag(png, caption)
+        text = "<br>".join(html.escape(line) for line in caption.split("\n"))
+        cells.append(f'<figure style="margin:0;width:{max_side + 8}px;font-size:0.7em;overflow-wrap:anywhere">'
+                     f"{picture}<figcaption>{text}</figcaption></figure>")
+    return '<div style="display:flex;flex-wrap:wrap;gap:6px;margin:0.5em 0">' + "".join(cells) + "</div>"
+
+
+def load_images(data_dir: str | Path, image_paths: list[str]) -> list[np.ndarray | None]:
+    """Cached images for display; None for a file that cannot be read."""
+    out: list[np.ndarray | None] = []
+    for path in image_paths:
+        try:
+            out.append(load_image(data_dir, path))
+        except (OSError, ValueError):
+            out.append(None)
+    return out
 
 
 def note(text: str) -> str:

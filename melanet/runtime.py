@@ -51,6 +51,15 @@ def prepare_process() -> dict[str, bool]:
     return {"hf_offline": offline, "omp_passive_effective": omp_effective}
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (taskset, cgroup cpusets, a batch scheduler's
+    allocation), not the machine's count; ``os.cpu_count()`` where the OS has no affinity call (macOS)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 @functools.lru_cache(maxsize=1)
 def umask() -> int:
     """The process umask (e.g. ``0o022``), read once without changing it where the OS allows."""

@@ -27,9 +27,9 @@ import pandas as pd
 
 from melanet import plots
 from melanet.cohort import read_cohort
-from melanet.eda import load_images, thumbnail_strip
 from melanet.errors import ArtifactError, ConfigError
 from melanet.io import write_csv, write_text
+from melanet.plots import load_images, thumbnail_strip
 from melanet.runs import ID_COLUMNS, TargetSpec, find_data_dir, read_run, spec_from_metrics
 
 SUSPECTS_FILE = "suspects.csv"

@@ -15,15 +15,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from melanet.config import Choice
 from melanet.errors import ConfigError, InputDataError, did_you_mean
 
-TargetType = Literal["auto", "binary", "multiclass"]
 TARGET_TYPES = ("auto", "binary", "multiclass")
+#: The config type of every ``target_type`` key: an unknown name fails at config load with a did-you-mean.
+TargetType = Choice("target_type", TARGET_TYPES)
 
 
 def is_zero_one(values: pd.Series) -> bool:

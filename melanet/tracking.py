@@ -13,10 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from melanet.config import Choice
 from melanet.errors import unknown_choice
 from melanet.optional import require
 
 BACKENDS = ("none", "mlflow", "tensorboard")
+#: The config type of every ``track`` key.
+TrackingBackend = Choice("tracking backend", BACKENDS)
 
 
 class NullTracker:

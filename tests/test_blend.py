@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from melanet import blend
+from melanet.config import load_config
 from melanet.errors import ArtifactError, ConfigError
 from melanet.io import write_json, write_parquet, write_text
 from melanet.runs import TargetSpec, blend_inputs, evaluate, finish_run, predictions_frame
@@ -105,8 +106,13 @@ def test_multiclass_input_blends_on_positive_class_and_refuses_without(tmp_path,
 
 
 def test_unknown_method_suggests_the_closest(tmp_path, two_runs):
+    # the config load refuses the name: no blend folder is made
+    with pytest.raises(ConfigError, match=r"method: unknown blend method 'rnak' \(did you mean 'rank'\?\)"):
+        load_config(blend.BlendConfig, {"runs": [str(r) for r in two_runs], "out_dir": str(tmp_path / "out"),
+                                        "method": "rnak"})
+    assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match=r"unknown blend method 'rnak' \(did you mean 'rank'\?\)"):
-        blend.run(cfg(two_runs, tmp_path / "out", method="rnak"))
+        blend.make_blender("rnak")  # the Python entry point keeps its own check
 
 
 def test_unfitted_blender_raises():

@@ -170,7 +170,7 @@ def test_overview_and_rates_by_hand():
     assert by_sex.loc["male", "rate"] == 0.5 and by_sex.loc["(missing)", "rate"] == 0.0
     assert (by_sex["rate_low"] <= by_sex["rate"]).all() and (by_sex["rate"] <= by_sex["rate_high"]).all()
 
-    bins = age_bins(cohort["age"], 10)
+    bins = age_bins(cohort["age"], years=10)
     assert [None if pd.isna(b) else b for b in bins] == ["40-49", "40-49", "60-69", None, "30-39", "40-49", "70-79"]
     by_age = target_rates(cohort, bins).set_index("age_bin")
     assert by_age.index.tolist() == ["30-39", "40-49", "60-69", "70-79", "(missing)"]

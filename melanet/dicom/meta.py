@@ -128,7 +128,9 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return text or None
 
 
-def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+def header_int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+    """The integer value of header element ``keyword``; ``default`` when absent or not an integer
+    (shared by the header row and the pixel decoder)."""
     try:
         return int(ds.get(keyword, default))
     except (TypeError, ValueError):
@@ -167,9 +169,9 @@ def extract_meta(ds: Dataset) -> dict[str, Any]:
         "site": _site(ds),
         "modality": _text(ds, "Modality"),
         "photometric": _text(ds, "PhotometricInterpretation"),
-        "rows": _int(ds, "Rows"),
-        "cols": _int(ds, "Columns"),
-        "frames": _int(ds, "NumberOfFrames", 1) or 1,
-        "bits_stored": _int(ds, "BitsStored"),
+        "rows": header_int(ds, "Rows"),
+        "cols": header_int(ds, "Columns"),
+        "frames": header_int(ds, "NumberOfFrames", 1) or 1,
+        "bits_stored": header_int(ds, "BitsStored"),
         "transfer_syntax": str(transfer_syntax) if transfer_syntax else None,
     }

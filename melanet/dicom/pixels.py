@@ -19,6 +19,7 @@ from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, appl
 from pydicom.uid import (JPEG2000, JPEG2000Lossless, JPEG2000TransferSyntaxes, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSTransferSyntaxes,
                          JPEGTransferSyntaxes, RLELossless)
 
+from melanet.dicom.meta import header_int
 from melanet.errors import DicomError, unknown_choice
 
 #: How a multi-frame file becomes one picture (see :func:`to_uint8_rgb`).
@@ -211,7 +212,7 @@ def _linear_values(arr: np.ndarray, ds: Dataset, modality_lut: bool,
     window = _window_bounds(ds)
     if window is not None:
         return values, *window
-    bits = _int(ds, "BitsStored", 16)
+    bits = header_int(ds, "BitsStored", 16)
     if values.dtype.kind == "u" and bits <= 8:
         return values, 0.0, 2.0**bits - 1  # shallow data with no transform is already display values
     return values, *_data_range(values)
@@ -243,13 +244,6 @@ def _lut_values(arr: np.ndarray, ds: Dataset, modality_lut: bool,
     except (ValueError, TypeError, AttributeError, IndexError, KeyError, NotImplementedError):
         pass
     return values, *_data_range(values)
-
-
-def _int(ds: Dataset, keyword: str, default: int) -> int:
-    try:
-        return int(ds.get(keyword, default))
-    except (TypeError, ValueError):
-        return default
 
 
 def _first_float(ds: Dataset, keyword: str) -> float | None:

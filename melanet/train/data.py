@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from melanet.cohort import load_image
 from melanet.config import StageConfig
+from melanet.images import resize_square
 from melanet.train.device import loader_settings
 
 
@@ -86,13 +87,8 @@ def build_train_transform(aug: AugmentConfig, image_size: int, seed: int | None 
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a uint8 HWC image to ``size`` x ``size`` pixels (area filter when shrinking)."""
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    shrink = image.shape[0] > size or image.shape[1] > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    """A cached uint8 HWC image at ``size`` x ``size`` pixels: :func:`melanet.images.resize_square` (squash)."""
+    return resize_square(image, size)
 
 
 class ImageStore:

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
+from melanet.runtime import available_cores
+
 
 def cpu_cores() -> int:
-    """Cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
+    """Cores this process may run on: :func:`melanet.runtime.available_cores`."""
+    return available_cores()
 
 
 def resolve_precision(precision: str, device_type: str, bf16_supported: bool | None = None) -> str:

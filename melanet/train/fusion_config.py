@@ -15,9 +15,19 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from melanet.train.data import AugmentConfig
-from melanet.config import StageConfig
+from melanet.config import Choice, StageConfig
 from melanet.errors import unknown_choice
+from melanet.targets import TargetType
+from melanet.tracking import TrackingBackend
 from melanet.train.model import check_backbone
+
+
+LrScaling = Choice("train.lr_scaling", ("sqrt", "linear"))
+Scheduler = Choice("train.scheduler", ("cosine", "plateau"))
+Imbalance = Choice("train.imbalance", ("none", "pos_weight", "sampler", "focal"))
+OofEpoch = Choice("eval.oof_epoch", ("last", "best"))
+Accelerator = Choice("engine.accelerator", ("auto", "cpu", "gpu", "cuda", "mps"))
+Precision = Choice("engine.precision", ("auto", "32-true", "bf16-mixed", "16-mixed"))
 
 
 class ModelConfig(StageConfig):
@@ -68,18 +78,18 @@ class TrainConfig(StageConfig):
     lr_batch: int | None = Field(
         None, ge=1, description="Effective batch (batch_size x processes x accumulate) that lr was chosen for; "
                                 "other effective batches scale lr by lr_scaling. null = use lr as given.")
-    lr_scaling: Literal["sqrt", "linear"] = Field(
+    lr_scaling: LrScaling = Field(
         "sqrt", description="How lr follows the effective batch when lr_batch is set: sqrt (suits AdamW) or linear.")
     min_lr: float = Field(1e-6, ge=0, description="Floor of the cosine / plateau schedule.")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs (fractions allowed).")
-    scheduler: Literal["cosine", "plateau"] = Field(
+    scheduler: Scheduler = Field(
         "cosine", description="Cosine decay per step, or ReduceLROnPlateau on val_loss.")
     plateau_patience: int = Field(1, ge=0, description="Epochs without val_loss improvement before the LR drops.")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     accumulate: int = Field(1, ge=1, description="Batches per optimiser step (gradient accumulation).")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
-    imbalance: Literal["none", "pos_weight", "sampler", "focal"] = Field(
+    imbalance: Imbalance = Field(
         "none", description="pos_weight: weight classes by inverse frequency in the loss; sampler: class-balanced "
                             "sampling; focal: focal loss with focal_gamma.")
     focal_gamma: float = Field(2.0, ge=0)
@@ -119,18 +129,18 @@ class EvalConfig(StageConfig):
 
     tta: int = Field(8, ge=1, le=8, description="Dihedral flips averaged for OOF and test predictions (1 = none).")
     batch_size: int | None = Field(None, ge=1, description="Prediction batch; default twice train.batch_size.")
-    oof_epoch: Literal["last", "best"] = Field(
+    oof_epoch: OofEpoch = Field(
         "last", description="Weights that predict the OOF: last epoch, or best val metric (optimistic OOF).")
 
 
 class EngineConfig(StageConfig):
     """Lightning Fabric settings; under torchrun ``auto`` devices/nodes come from the environment."""
 
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    accelerator: Accelerator = "auto"
     devices: int | Literal["auto"] = Field("auto", description="Processes (GPUs) per node.")
     num_nodes: int | Literal["auto"] = "auto"
     strategy: str = Field("auto", description="Fabric strategy: auto, ddp, ddp_spawn, fsdp, ...")
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+    precision: Precision = Field(
         "auto", description="auto: bf16-mixed (or 16-mixed) on CUDA, 32-true elsewhere.")
     threads: int = Field(0, ge=0, description="Torch CPU threads per process; 0 = cores / processes on this node.")
 
@@ -151,12 +161,12 @@ class FusionConfig(StageConfig):
     data_dir: Path
     out_dir: Path
     exclude: Path | None = Field(None, description="CSV with image_id of rows left out of training (still predicted).")
-    track: str = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
+    track: TrackingBackend = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
     track_uri: str | None = None
     seed: int = 42
     target: str = Field("target", description="Label column: binary 0/1 or class names (e.g. diagnosis).")
     positive_class: str | None = Field(None, description="Class whose probability is scored (multiclass targets).")
-    target_type: Literal["auto", "binary", "multiclass"] = Field(
+    target_type: TargetType = Field(
         "auto", description="auto: 0/1 is binary, other values need positive_class; multiclass: every value a class.")
     image_size: int = Field(384, ge=16, le=2048, description="Training and prediction side, pixels.")
     model: ModelConfig = ModelConfig()
