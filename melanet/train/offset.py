@@ -19,9 +19,12 @@ AUC, and the round count is the best round of the mean AUC curve over the
 inner splits *including round 0* (the offset alone). When the corrections do
 not help on held-out patients the count is 0 and the fold model is the
 calibrated image score (boosted one round, at the learning rate, so that every
-fold still has a booster file). A one-standard-error rule toward fewer rounds
-was tried and dropped: on a cohort whose image model saw no metadata it kept
-~5 rounds where ~100 gained 0.02 AUC.
+fold still has a booster file). Tried on five cohorts and dropped: a
+one-standard-error rule toward fewer rounds and requiring the gain over round
+0 to exceed one standard error (+0.005 where the trees do not help, -0.02 to
+-0.03 where they do: on a cohort whose image model saw no metadata they kept
+~5 rounds where ~200 gained 0.02 AUC), the median curve (lower on three), a
+coarse round grid (within 0.003 of the mean everywhere: no reason to prefer it).
 
 Honesty: the regression is fitted on the rows the trees are fitted on. While
 the inner split picks the round count it is fitted on the inner split's fit
