@@ -4,7 +4,8 @@ The ISIC 2024 winners' recipe: gradient-boosted trees on header metadata (sex,
 age, site, ... with categoricals handled natively by the engine and missing
 values kept missing) plus patient-context features (images per patient, each
 value relative to the same patient's mean/std and rank), optionally with
-image-model out-of-fold scores as features. Features come from
+image-model out-of-fold scores as features or, by default, as the starting
+margin the trees correct (``with_oof_mode``, :mod:`melanet.train.offset`). Features come from
 :func:`melanet.features.build_features`, the code FusionNet's metadata branch
 uses too.
 
@@ -18,6 +19,7 @@ Written to ``OUT_DIR`` (DESIGN.md "Runs")::
     config.yaml                 resolved config (tuned parameters included)
     features.json               feature columns, categorical levels, classes, folds (read by predict)
     fold_<k>/model.txt|json     the fold's booster in the engine's own format
+    fold_<k>/offset.json        with_oof_mode: offset: the image-score offset it boosts from (melanet/train/offset.py)
     fold_<k>/history.csv        early-stopping metric per round on the inner split
     fold_<k>/{oof,test}.parquet, fold_<k>/DONE
     oof.parquet, test.parquet, metrics.json
