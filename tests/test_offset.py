@@ -94,8 +94,10 @@ def test_a_run_from_before_offset_mode_still_predicts_as_feature_mode(tmp_path):
 def test_round_count_is_the_best_mean_inner_curve_round_and_can_be_zero():
     falling = [np.array([0.72, 0.71, 0.70]), np.array([0.68, 0.69, 0.66, 0.65])]
     assert best_round(falling) == 0  # the offset alone is best: no corrections
-    rising = [np.linspace(0.60, 0.64, 12), np.array([0.62, 0.64, 0.65])]  # the short one held at 0.65
-    assert best_round(rising) == 8  # candidates 0, 1, 2, 4, 8
+    rising = [np.linspace(0.60, 0.64, 12), np.linspace(0.61, 0.63, 12), np.array([0.62, 0.64, 0.65])]
+    assert best_round(rising) == 8  # candidates 0, 1, 2, 4, 8; the short curve held at 0.65
+    lone = [np.r_[0.70, np.linspace(0.69, 0.80, 40)], np.array([0.70, 0.69, 0.68]), np.array([0.70, 0.69, 0.68])]
+    assert best_round(lone) == 0  # a gain that only one split ran long enough to see
     spike = [np.r_[0.7, 0.69, 0.69, 0.75, 0.69, 0.69]]  # a lone best at 3 rounds is not a candidate
     assert best_round(spike) == 0
     assert best_round([np.array([0.7, np.nan])]) == 0  # no usable split: offset alone
