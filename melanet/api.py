@@ -107,8 +107,8 @@ def _folds(folds: str | Iterable[int] | None) -> list[int] | None:
 
 def synth(out_dir: PathLike, *, patients: int | None = None, seed: int | None = None,
           image_size: int | None = None, prevalence: float | None = None, faults: bool | None = None,
-          grayscale: float | None = None, config: ConfigArg = None, set: Iterable[str] | None = None,
-          overrides: Mapping[str, Any] | None = None, **options: Any) -> Synth:
+          grayscale: float | None = None, image_cues: str | None = None, config: ConfigArg = None,
+          set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None, **options: Any) -> Synth:
     """Write a synthetic DICOM cohort with known true probabilities (``melanet synth``).
 
     ``out_dir`` receives ``dicom/``, ``labels.csv``, ``truth.csv`` and ``synth.json``.
@@ -120,7 +120,8 @@ def synth(out_dir: PathLike, *, patients: int | None = None, seed: int | None = 
     stage = _stage("synth")
     cfg = _config(stage.SynthConfig, config, set, {
         "out_dir": out_dir, "patients": patients, "seed": seed, "image_size": image_size,
-        "prevalence": prevalence, "faults": faults or None, "grayscale_fraction": grayscale}, overrides, options)
+        "prevalence": prevalence, "faults": faults or None, "grayscale_fraction": grayscale,
+        "image_cues": image_cues}, overrides, options)
     result = stage.run(cfg)
     return Synth(result.out_dir)
 
@@ -161,20 +162,22 @@ def ingest(dicom_dir: PathLike, out: PathLike, *, labels: PathLike | None = None
 
 def train_fusion(data: PathLike, out: PathLike, *, config: ConfigArg = "fusion",
                  folds: str | Iterable[int] | None = None, resume: bool = False, exclude: PathLike | None = None,
-                 track: str | None = None, track_uri: str | None = None, set: Iterable[str] | None = None,
-                 overrides: Mapping[str, Any] | None = None, **options: Any) -> Run:
+                 track: str | None = None, track_uri: str | None = None, overwrite: bool | None = None,
+                 set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
+                 **options: Any) -> Run:
     """Train the timm CNN + metadata MLP k-fold on ``data`` into ``out`` (``melanet train-fusion``).
 
     ``config`` defaults to the packaged ``fusion``; ``fusion-cpu-small`` is the
     CPU-sized one. ``folds`` runs a subset (``[0, 1]`` or ``"0,1"``; finish with
     :func:`merge`); ``resume`` skips finished folds; ``exclude`` is a CSV of
-    ``image_id``s left out of training. Returns the :class:`~melanet.results.Run`.
+    ``image_id``s left out of training; ``overwrite`` replaces a different run
+    already in ``out``. Returns the :class:`~melanet.results.Run`.
     """
     prepare_process()  # before torch loads: the OpenMP wait policy is read then
     stage = importlib.import_module("melanet.train.fusion")
     cfg = _config(stage.FusionConfig, config, set, {
-        "data_dir": data, "out_dir": out, "exclude": exclude, "track": track, "track_uri": track_uri},
-        overrides, options)
+        "data_dir": data, "out_dir": out, "exclude": exclude, "track": track, "track_uri": track_uri,
+        "overwrite": overwrite}, overrides, options)
     _require_tracking(cfg.track)
     return Run(stage.run(cfg, folds=_folds(folds), resume=resume))
 
@@ -183,21 +186,22 @@ def train_gbdt(data: PathLike, out: PathLike, *, config: ConfigArg = "gbdt", eng
                backend: str | None = None, scheduler: str | None = None,
                with_oof: PathLike | Iterable[PathLike] | None = None, tune: int | None = None,
                exclude: PathLike | None = None, track: str | None = None, track_uri: str | None = None,
-               set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
+               resume: bool = False, overwrite: bool | None = None, set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
                **options: Any) -> Run:
     """Train LightGBM/XGBoost k-fold on ``data``'s metadata (+ patient context) into ``out`` (``melanet train-gbdt``).
 
     ``with_oof`` names image-model runs whose OOF/test scores become features;
     ``tune`` is a number of Optuna trials (needs ``melanet[scale]``);
-    ``backend="dask"`` boosts on a Dask cluster (needs ``melanet[scale]``).
-    Returns the :class:`~melanet.results.Run`.
+    ``backend="dask"`` boosts on a Dask cluster (needs ``melanet[scale]``);
+    ``resume`` keeps the folds an interrupted run of the same settings finished;
+    ``overwrite`` replaces a different run already in ``out``. Returns the :class:`~melanet.results.Run`.
     """
     prepare_process()
     stage = importlib.import_module("melanet.train.gbdt")
     cfg = _config(stage.GBDTConfig, config, set, {
         "data_dir": data, "out_dir": out, "engine": engine, "backend": backend, "scheduler": scheduler,
-        "with_oof": _paths(with_oof), "tune": tune, "exclude": exclude, "track": track, "track_uri": track_uri},
-        overrides, options)
+        "with_oof": _paths(with_oof), "tune": tune, "exclude": exclude, "track": track, "track_uri": track_uri,
+        "overwrite": overwrite}, overrides, options)
     from melanet.optional import require
 
     if cfg.tune:
@@ -206,7 +210,7 @@ def train_gbdt(data: PathLike, out: PathLike, *, config: ConfigArg = "gbdt", eng
         require("dask.distributed", "train-gbdt --backend dask")
         require("dask.dataframe", "train-gbdt --backend dask")
     _require_tracking(cfg.track)
-    stage.run(cfg)
+    stage.run(cfg, resume=resume)
     return Run(cfg.out_dir)
 
 
@@ -218,8 +222,8 @@ def merge(run_dir: PathLike) -> Run:
 
 
 def blend(runs: Iterable[PathLike], out: PathLike, *, method: str | None = None, config: ConfigArg = None,
-          track: str | None = None, track_uri: str | None = None, set: Iterable[str] | None = None,
-          overrides: Mapping[str, Any] | None = None, **options: Any) -> Run:
+          track: str | None = None, track_uri: str | None = None, overwrite: bool | None = None,
+          set: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None, **options: Any) -> Run:
     """Blend runs' OOF and test predictions into ``out`` (``melanet blend``); ``method``: rank, weights or stack.
 
     Prints whether the blend beats each input (cross-validated on the OOF
@@ -228,8 +232,8 @@ def blend(runs: Iterable[PathLike], out: PathLike, *, method: str | None = None,
     prepare_process()
     stage = _stage("blend")
     cfg = _config(stage.BlendConfig, config, set, {
-        "runs": _paths(runs), "out_dir": out, "method": method, "track": track, "track_uri": track_uri},
-        overrides, options)
+        "runs": _paths(runs), "out_dir": out, "method": method, "track": track, "track_uri": track_uri,
+        "overwrite": overwrite}, overrides, options)
     _require_tracking(cfg.track)
     stage.run(cfg)
     return Run(cfg.out_dir)
@@ -250,7 +254,6 @@ def predict(run: PathLike, dicom_dir: PathLike, out: PathLike | None = None, *,
     out_path = Path(os.fspath(out)) if out is not None else Path(
         tempfile.mkdtemp(prefix="melanet-predictions-")) / "predictions.csv"
     errors_path = out_path.with_suffix(".errors.csv")
-    errors_path.unlink(missing_ok=True)  # a list left by an earlier call must not describe this one
     table = _stage("predict").run(Path(os.fspath(run)), Path(os.fspath(dicom_dir)), out_path, workers=workers)
     errors = pd.read_csv(errors_path) if errors_path.is_file() else pd.DataFrame(columns=["path", "stage", "error"])
     return Predictions(out_path, table, errors)

@@ -49,11 +49,11 @@ from melanet import metrics as M
 from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, unknown_choice
-from melanet.io import read_json, write_csv, write_json, write_parquet, write_text
-from melanet.runs import TargetSpec, evaluate, predictions_frame, read_run, spec_from_metrics
-
-BLEND_FILE = "blend.json"
-COMPARISON_FILE = "comparison.csv"
+from melanet.io import write_csv, write_json, write_parquet, write_text
+from melanet.report import after_stage
+from melanet.runs import (BLEND_FILE, COMPARISON_FILE, CONFIG_FILE, RunDir, TargetSpec, check_out_dir, check_run,
+                          comparable_config, evaluate, predictions_frame, read_recipe, read_run, recipe_inputs,
+                          run_identity, spec_from_metrics)
 METRICS = ["auc", "pauc80", "ap", "log_loss", "brier"]
 PROBABILITY_METRICS = ["log_loss", "brier"]
 
@@ -71,6 +71,11 @@ class BlendConfig(StageConfig):
     report: bool = Field(True, description="Write report.html into the blend folder.")
     track: str = "none"
     track_uri: str | None = None
+    overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
+
+
+# Keys that do not change the blend (the input runs enter the id by their run ids, not their paths).
+_OPERATIONAL = {"runs", "out_dir", "report", "track", "track_uri", "overwrite"}
 
 
 # --- blenders (scikit-learn estimator contract) -------------------------------------------
@@ -462,28 +467,6 @@ def _blender_from_recipe(recipe: dict) -> BaseEstimator:
     return make_blender(recipe["method"], **recipe.get("params", {})).set_state(recipe["state"])
 
 
-def read_recipe(run_dir: str | Path) -> dict:
-    """The blend recipe (``blend.json``) of a blend run."""
-    path = Path(run_dir) / BLEND_FILE
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found: is {run_dir} a `melanet blend` run?")
-    return read_json(path)
-
-
-def input_runs(run_dir: str | Path) -> list[Path]:
-    """The blend's input run folders: the relative path (moved together) first, else the absolute one."""
-    run_dir = Path(run_dir)
-    found = []
-    for inp in read_recipe(run_dir)["inputs"]:
-        candidates = [run_dir / inp["relative_path"], Path(inp["path"])]
-        hit = next((c for c in candidates if (c / "oof.parquet").is_file()), None)
-        if hit is None:
-            raise ArtifactError(f"input run {inp['name']!r} of blend {run_dir} not found at "
-                                f"{candidates[0]} or {candidates[1]}; restore it or re-run the blend")
-        found.append(hit)
-    return found
-
-
 def apply_blend(run_dir: str | Path, scores: pd.DataFrame) -> np.ndarray:
     """Blend new rows' scores with a blend run's saved recipe (final weights, OOF rank mapping).
 
@@ -493,7 +476,7 @@ def apply_blend(run_dir: str | Path, scores: pd.DataFrame) -> np.ndarray:
     Reproduces the blend's ``test.parquet`` exactly for the same rows.
     """
     recipe = read_recipe(run_dir)
-    names = [inp["name"] for inp in recipe["inputs"]]
+    names = [inp["name"] for inp in recipe_inputs(recipe)]
     cols = list(scores.columns)
     if all(n in cols for n in names):
         X = scores[names]
@@ -515,10 +498,10 @@ def run(cfg: BlendConfig) -> dict:
     blender = make_blender(cfg.method, C=cfg.stack_c)
     if cfg.track not in BACKENDS:  # fail before the work, not after it
         raise unknown_choice("tracking backend", cfg.track, BACKENDS)
-    out = Path(cfg.out_dir)
-    inputs = load_inputs(cfg.runs)
-    if any(p.resolve() == out.resolve() for p in inputs.paths):
+    out = check_out_dir(cfg.out_dir)
+    if any(Path(p).resolve() == out.resolve() for p in cfg.runs):
         raise ConfigError(f"--out {out} is one of the input runs; choose a new folder for the blend")
+    inputs = load_inputs(cfg.runs)
     y, folds = inputs.oof["target"].to_numpy(), inputs.oof["fold"].to_numpy()
 
     if cfg.method == "auto":
@@ -544,9 +527,8 @@ def run(cfg: BlendConfig) -> dict:
         "method": cfg.method,
         "params": final.get_params(),
         "inputs": [{"name": n, "path": str(p.resolve()), "relative_path": os.path.relpath(p.resolve(), out.resolve()),
-                    "score_column": c} for n, p, c in zip(inputs.names, inputs.paths, inputs.score_columns)],
-        "runs": [str(p.resolve()) for p in inputs.paths],  # the same paths as flat lists, for `predict`
-        "runs_relative": [os.path.relpath(p.resolve(), out.resolve()) for p in inputs.paths],
+                    "score_column": c, "run_id": check_run(p).run_id}
+                   for n, p, c in zip(inputs.names, inputs.paths, inputs.score_columns)],
         "weights": dict(zip(inputs.names, final.weights().tolist())),
         "weights_meaning": {"rank": "equal weights on OOF-CDF ranks", "weights": "convex weights on probabilities",
                             "stack": "logistic-regression coefficients on logits",
@@ -584,20 +566,22 @@ def run(cfg: BlendConfig) -> dict:
                         {**dict(zip(inputs.names, inputs.probabilities)), "blend": probabilities},
                         cfg.n_boot, cfg.seed)
 
+    run = RunDir(out).begin("blend", run_identity("blend", comparable_config(cfg.model_dump(mode="json"), _OPERATIONAL),
+                                                  {"runs": [i["run_id"] for i in recipe["inputs"]]}),
+                            f"melanet blend {' '.join(map(str, cfg.runs))} --out {out} --method {cfg.method}",
+                            overwrite=cfg.overwrite)
+    metrics["run_id"] = run.run_id
     write_parquet(out / "oof.parquet", oof)
     write_parquet(out / "test.parquet", test)
     write_json(out / "metrics.json", metrics)
     write_csv(out / COMPARISON_FILE, table)
-    write_text(out / "config.yaml", config_to_yaml(cfg))
-    write_json(out / BLEND_FILE, recipe)  # last: its presence marks a finished blend (predict keys on it)
+    write_text(out / CONFIG_FILE, config_to_yaml(cfg))
+    write_json(out / BLEND_FILE, recipe)
+    run.complete(["oof.parquet", "test.parquet", "metrics.json", COMPARISON_FILE, CONFIG_FILE, BLEND_FILE])
     if auto is not None:
         _print_auto(auto)
     beats = _print_comparison(table, "blend", metrics["validation"])
-    report_path = None
-    if cfg.report:
-        from melanet import report
-
-        report_path = report.run(out)
+    report_path = after_stage(out, cfg.report)
     tracker = start_tracking(cfg.track, out, cfg.track_uri, params=cfg.model_dump(mode="json"))
     try:
         tracker.log_metrics(metrics["overall"])

@@ -35,6 +35,7 @@ RunOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder to writ
 ExcludeOpt = Annotated[Optional[Path], typer.Option(help="CSV with image_id of rows to leave out of training (still predicted out of fold).")]
 TrackOpt = Annotated[Optional[str], typer.Option(help="Experiment tracking: none, mlflow or tensorboard.")]
 TrackUriOpt = Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: a local file store in the run).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace another run found in --out (otherwise refused).")]
 
 
 def _folds_arg(folds: str | None) -> list[int] | None:
@@ -63,12 +64,13 @@ def synth(
     prevalence: Annotated[Optional[float], typer.Option(help="Approximate fraction of malignant lesions.")] = None,
     faults: Annotated[bool, typer.Option(help="Add broken inputs (truncated, non-DICOM, no pixels, no file meta).")] = False,
     grayscale: Annotated[Optional[float], typer.Option(help="Fraction of grayscale MONOCHROME1/2 files with rescale and window tags.")] = None,
+    image_cues: Annotated[Optional[str], typer.Option(help="Cues that carry the image term: all, colour or shape (the others are drawn as nuisance).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Write a synthetic DICOM cohort with known true probabilities."""
     api.synth(out_dir, patients=patients, seed=seed, image_size=image_size, prevalence=prevalence, faults=faults,
-              grayscale=grayscale, config=config, set=set_)
+              grayscale=grayscale, image_cues=image_cues, config=config, set=set_)
 
 
 @app.command()
@@ -109,10 +111,11 @@ def train_fusion(
     exclude: ExcludeOpt = None,
     track: TrackOpt = None,
     track_uri: TrackUriOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a timm CNN fused with a metadata MLP, k-fold, writing OOF and test predictions."""
     api.train_fusion(data, out, config=config, folds=_folds_arg(folds), resume=resume, exclude=exclude, track=track,
-                     track_uri=track_uri, set=set_)
+                     track_uri=track_uri, overwrite=overwrite or None, set=set_)
 
 
 @app.command("train-gbdt")
@@ -129,10 +132,13 @@ def train_gbdt(
     exclude: ExcludeOpt = None,
     track: TrackOpt = None,
     track_uri: TrackUriOpt = None,
+    resume: Annotated[bool, typer.Option(help="Keep the folds an interrupted run of the same settings finished.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train LightGBM/XGBoost on metadata (+ patient context) on the same folds."""
     api.train_gbdt(data, out, config=config, engine=engine, backend=backend, scheduler=scheduler,
-                   with_oof=with_oof or None, tune=tune, exclude=exclude, track=track, track_uri=track_uri, set=set_)
+                   with_oof=with_oof or None, tune=tune, exclude=exclude, track=track, track_uri=track_uri,
+                   resume=resume, overwrite=overwrite or None, set=set_)
 
 
 @app.command()
@@ -150,9 +156,11 @@ def blend(
     set_: SetOpt = None,
     track: TrackOpt = None,
     track_uri: TrackUriOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Blend runs' OOF and test predictions; report whether the blend beats each part."""
-    api.blend(runs, out, method=method, config=config, track=track, track_uri=track_uri, set=set_)
+    api.blend(runs, out, method=method, config=config, track=track, track_uri=track_uri,
+              overwrite=overwrite or None, set=set_)
 
 
 @app.command()
@@ -216,8 +224,9 @@ def main() -> None:
     except MelanetError as exc:
         if _state["verbose"]:
             console.print_exception()
-        # escaped: a message is plain text ("melanet[scale]", "--set x=[16,8]"), not console markup
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        # escaped: a message is plain text ("melanet[scale]", "--set x=[16,8]"), not console markup;
+        # soft_wrap: one line however narrow the terminal, so it can be grepped and copied whole
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (Interrupted, KeyboardInterrupt) as exc:
         code = getattr(exc, "exit_code", 130)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from melanet.errors import ArtifactError, ConfigError, did_you_mean
+from melanet.errors import ConfigError, did_you_mean
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -83,21 +83,36 @@ def _model_fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(cls, "model_fields", {}).keys())
 
 
-def build_config(model_cls: type[C], data: dict[str, Any], source: str = "config") -> C:
-    """Validate a dict into ``model_cls``, turning pydantic errors into one clear ConfigError."""
+def _origin(key: str, origins: dict[str, str], default: str) -> str:
+    """Where the value at ``key`` came from: the ``--set`` override that set it (or a key inside it), else ``default``."""
+    for set_key, origin in origins.items():
+        if set_key == key or set_key.startswith(key + ".") or key.startswith(set_key + "."):
+            return origin
+    return default
+
+
+def build_config(model_cls: type[C], data: dict[str, Any], source: str = "config",
+                 origins: dict[str, str] | None = None) -> C:
+    """Validate a dict into ``model_cls``, turning pydantic errors into one clear ConfigError.
+
+    ``origins`` maps dotted keys given on the command line to how they were given (``--set a.b=1``), so an
+    error in such a key names the override rather than the config file.
+    """
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        lines = []
+        lines, blamed = [], set()
         for err in exc.errors():
             loc = tuple(err["loc"])
             key = ".".join(str(p) for p in loc)
+            blamed.add(_origin(key, origins or {}, source))
             if err["type"] == "extra_forbidden":
                 hint = did_you_mean(str(loc[-1]), _model_fields_at(model_cls, loc))
                 lines.append(f"unknown key {key!r}{hint}")
             else:
-                lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"invalid {source}: " + "; ".join(lines)) from None
+                got = repr(err.get("input"))  # a whole section as the value says nothing: leave it out
+                lines.append(f"{key}: {err['msg']}" + (f" (got {got})" if len(got) <= 80 else ""))
+        raise ConfigError(f"invalid {', '.join(sorted(blamed))}: " + "; ".join(lines)) from None
 
 
 def nest_dotted(values: Mapping[str, Any], what: str = "override") -> dict[str, Any]:
@@ -154,7 +169,8 @@ def load_config(
     if values:
         data = deep_merge(data, nest_dotted(values))
     data = deep_merge(data, parse_overrides(overrides))
-    return build_config(model_cls, data, source)
+    origins = {item.split("=", 1)[0].strip(): f"--set {item}" for item in overrides or [] if "=" in item}
+    return build_config(model_cls, data, source, origins)
 
 
 def config_to_yaml(cfg: BaseModel) -> str:
@@ -163,8 +179,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 
 
 def config_from_run(model_cls: type[C], run_dir: str | Path) -> C:
-    """Reload the resolved config a run wrote."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
-    return build_config(model_cls, yaml.safe_load(path.read_text()) or {}, str(path))
+    """Reload the resolved config a run wrote (kept for callers; the reader is :func:`melanet.runs.read_config`)."""
+    from melanet.runs import read_config  # runs imports this module
+
+    return read_config(run_dir, model_cls)

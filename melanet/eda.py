@@ -10,6 +10,8 @@ Written as ``DATA_DIR/eda.html`` (also at the end of ``melanet ingest``), with
   user sees where the metadata signal is (and where a rate rests on 5 images).
 - Images: size / photometric / transfer-syntax table, sample thumbnails and
   the mean image per class.
+- Lesion descriptors: mask outlines on sampled thumbnails, mask success per
+  class, descriptor distributions by class (:mod:`melanet.eda_lesions`).
 - Duplicates: images with the same file ``sha256`` or a perceptual hash a few
   bits apart (:mod:`melanet.imagehash`). A group that spans folds leaks
   between training and validation; one that spans patients or disagrees on the
@@ -36,7 +38,7 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from melanet import plots
+from melanet import eda_lesions, plots
 from melanet.cohort import DICOM_COLUMNS, load_image, read_cohort
 from melanet.config import StageConfig
 from melanet.imagehash import HASH_BITS, HASH_WORDS, hamming, near_pairs, phash
@@ -63,6 +65,7 @@ class EDAConfig(StageConfig):
     age_bin_years: int = Field(10, ge=1, description="Width of the age bins of the rate table, years.")
     thumbnails_per_class: int = Field(8, ge=0, description="Sample thumbnails shown per class.")
     thumbnail_px: int = Field(96, ge=16, description="Longest side of a thumbnail, pixels.")
+    mask_thumbnails: int = Field(16, ge=0, description="Sampled images shown with their lesion mask outline.")
     max_hash_distance: int = Field(
         DEFAULT_HASH_DISTANCE, ge=0, le=HASH_BITS,
         description=f"Perceptual-hash bits (of {HASH_BITS}) within which two images count as near-duplicates.")
@@ -525,6 +528,8 @@ def render(data_dir: str | Path, cohort: pd.DataFrame, cfg: EDAConfig, scan: Ima
         ("metadata", "Metadata", _metadata_html(cohort, cfg, classes)),
         ("rates", "Target rate by sex, age and site", _rates_html(cohort, cfg)),
         ("images", "Images", _images_html(data_dir, cohort, cfg, classes, scan)),
+        ("lesions", "Lesion descriptors", eda_lesions.section_html(data_dir, cohort, classes, cfg.target,
+                                                                   cfg.mask_thumbnails, cfg.thumbnail_px, cfg.seed)),
         ("duplicates", "Duplicates", _duplicates_html(data_dir, cohort, cfg, dups)),
     ]
     return plots.html_page(f"melanet EDA: {data_dir.resolve().name}", sections)

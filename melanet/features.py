@@ -6,9 +6,15 @@ missing), numeric columns as float (missing as NaN). It never reads a label.
 
 Patient-context features follow the ISIC 2024 winners: images per patient, and
 for each context column the value relative to the same patient's mean, the
-z-score within the patient and the rank within the patient. They use only the
-rows of the same patient; since folds are grouped by patient, no statistic
-crosses from a validation fold into training.
+z-score within the patient and the rank within the patient, plus the "ugly
+duckling" distance (:func:`ugly_duckling_distance`) of an image's lesion
+descriptor vector from the mean of the same patient's other images. They use
+only the rows of the same patient (never a label); since folds are grouped by
+patient, no statistic crosses from a validation fold into training.
+
+Patients with one image get the neutral values: difference 0, z-score 0, rank
+0.5, range 0, duckling distance 0 (nothing to compare with); the column
+``n_images_patient`` tells the model which rows those are.
 
 :class:`MetaEncoder` turns the feature table into a dense float matrix for the
 MLP (one-hot with a missing category, standardised numerics with missing
@@ -37,12 +43,15 @@ def build_features(
     context_columns: Sequence[str] | None = None,
     categorical: Sequence[str] = CATEGORICAL,
     numeric: Sequence[str] = NUMERIC,
+    duckling_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Feature table for ``cohort`` (index aligned with it).
 
     ``extra`` adds numeric columns (e.g. image-model OOF scores) aligned with the
     cohort's rows; they also get patient-context features. ``context_columns``
-    defaults to ``age`` plus every ``extra`` column.
+    defaults to ``age`` plus every ``extra`` column. With ``context``, the
+    ``duckling_columns`` (e.g. :func:`descriptor_columns`) give the
+    ``duckling_distance`` and ``duckling_pat_rank`` columns.
     """
     feats = pd.DataFrame(index=cohort.index)
     for col in categorical:
@@ -60,9 +69,56 @@ def build_features(
     if context:
         cols = list(context_columns) if context_columns is not None else (
             CONTEXT_DEFAULT + (list(extra.columns) if extra is not None else []))
-        feats = pd.concat([feats, patient_context(cohort["patient_id"], feats[[c for c in cols if c in feats]])],
-                          axis=1)
+        parts = [feats, patient_context(cohort["patient_id"], feats[[c for c in cols if c in feats]])]
+        ducks = [c for c in duckling_columns if c in cohort.columns]
+        if ducks:
+            values = cohort[ducks].apply(pd.to_numeric, errors="coerce").astype(float)
+            distance = ugly_duckling_distance(cohort["patient_id"], values)
+            parts.append(pd.DataFrame({"duckling_distance": distance,
+                                       "duckling_pat_rank": _mid_rank(distance, cohort["patient_id"].astype(str))},
+                                      index=cohort.index))
+        feats = pd.concat(parts, axis=1)
     return feats
+
+
+def descriptor_columns(cohort: pd.DataFrame) -> list[str]:
+    """The numeric lesion descriptor columns (``lesion_*`` from ingest, without ``lesion_mask_ok``) of ``cohort``."""
+    return [c for c in cohort.columns if c.startswith("lesion_") and c != "lesion_mask_ok"]
+
+
+def _mid_rank(values: pd.Series, groups: pd.Series) -> pd.Series:
+    """Rank within group scaled to (0, 1) by ``(rank - 0.5) / n``: 0.5 for a group of one; NaN stays NaN."""
+    g = values.groupby(groups)
+    return (g.rank(method="average") - 0.5) / g.transform("count")
+
+
+def ugly_duckling_distance(patient_id: pd.Series, values: pd.DataFrame) -> pd.Series:
+    """How far each image's vector is from the mean of the same patient's *other* images (standardised units).
+
+    Each column is standardised over all rows (mean and std of the column, no
+    label), then for image ``i`` of a patient with images ``j != i`` the
+    distance is the root mean square over columns of
+    ``z_i - mean_j(z_j)``: the leave-one-out mean, so the lesion itself does not
+    pull the reference towards itself. Missing values are skipped column by
+    column (a column counts where the image and at least one other image have
+    it); an image with no usable column gets NaN. A patient with one image gets
+    0 (the neutral value: nothing to differ from).
+    """
+    groups = patient_id.astype(str)
+    z = values.astype(float)
+    std = z.std()
+    z = (z - z.mean()) / std.where(std > 0, np.nan)
+    z = z.loc[:, std > 0]
+    present = z.notna().astype(float)
+    g_sum = z.fillna(0.0).groupby(groups).transform("sum")
+    g_cnt = present.groupby(groups).transform("sum")
+    others = g_cnt - present
+    loo_mean = (g_sum - z.fillna(0.0)) / others.where(others > 0, np.nan)
+    sq = (z - loo_mean) ** 2  # NaN where the image or all the others lack the column
+    distance = np.sqrt(sq.mean(axis=1, skipna=True))
+    single = groups.map(groups.value_counts()) == 1
+    distance[single.to_numpy()] = 0.0
+    return distance.rename("duckling_distance")
 
 
 def patient_context(patient_id: pd.Series, values: pd.DataFrame) -> pd.DataFrame:
@@ -70,8 +126,8 @@ def patient_context(patient_id: pd.Series, values: pd.DataFrame) -> pd.DataFrame
 
     For column ``c``: ``c_pat_diff`` (value minus patient mean), ``c_pat_z``
     (z-score within patient, 0 when the patient's values do not vary),
-    ``c_pat_rank`` (percentile rank within patient, 0-1) and ``c_pat_range``
-    (patient max minus min).
+    ``c_pat_rank`` (mid-rank within patient, ``(rank - 0.5) / n``: 0.5 for a
+    patient's only image) and ``c_pat_range`` (patient max minus min).
     """
     out = pd.DataFrame(index=values.index)
     groups = patient_id.astype(str)
@@ -84,7 +140,7 @@ def patient_context(patient_id: pd.Series, values: pd.DataFrame) -> pd.DataFrame
         out[f"{col}_pat_diff"] = v - mean
         out[f"{col}_pat_z"] = np.where(std > 0, (v - mean) / std.where(std > 0, 1.0), 0.0)
         out.loc[v.isna(), f"{col}_pat_z"] = np.nan
-        out[f"{col}_pat_rank"] = g.rank(pct=True)
+        out[f"{col}_pat_rank"] = _mid_rank(v, groups)
         out[f"{col}_pat_range"] = g.transform("max") - g.transform("min")
     return out
 

@@ -1,6 +1,6 @@
 """``melanet ingest``: a DICOM folder (+ labels table) -> cohort table, image cache, folds.
 
-Outputs in DATA_DIR (DESIGN.md "Ingest"):
+Outputs in DATA_DIR (docs/architecture.md "Ingest"):
 
 - ``cohort.parquet``: one row per decoded image (columns in :data:`melanet.cohort.DICOM_COLUMNS`,
   then the labels table's columns, then ``fold``);
@@ -47,10 +47,12 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from melanet import ingest_write, privacy
 from melanet.cohort import COHORT_FILE, DICOM_COLUMNS, ERRORS_FILE
+from melanet.descriptors import (DESCRIPTOR_VERSION, LESION_COLUMNS, descriptor_rule, empty_descriptors,
+                                 lesion_descriptors, rule_summary)
 from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console, progress
 from melanet.errors import DicomError, InputDataError, unknown_choice
-from melanet.io import atomic_path, write_csv, write_json, write_parquet, write_text
+from melanet.io import atomic_path, check_out_dir, write_csv, write_json, write_parquet, write_text
 from melanet.optional import require
 from melanet.labels import (DICOM_SUFFIXES, EMPTY_TARGET, image_id_for, join_labels, precheck_keys,  # noqa: F401
                             prepare_labels, read_labels)
@@ -97,6 +99,8 @@ class IngestConfig(StageConfig):
     keep_columns: list[str] = Field(default_factory=list, description="Label columns to keep although their "
                                                                       "names look like direct identifiers.")
     follow_symlinks: bool = Field(False, description="Follow symbolic links to files outside dicom_dir.")
+    descriptors: bool = Field(True, description="Measure lesion_* descriptors from the cached pixels "
+                                                "(melanet.descriptors); kept with the cache entry.")
 
     def pixel_settings(self) -> dict[str, Any]:
         """The settings that change cached pixels (predict reuses them)."""
@@ -210,7 +214,8 @@ def _sha256(path: Path) -> str:
 
 # --------------------------------------------------------------------------- per-file work
 
-def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], key: bytes) -> dict[str, Any]:
+def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], key: bytes,
+                 descriptors: bool = True) -> dict[str, Any]:
     """Turn one file into a cohort row (``{"row": ...}``) or an error (``{"error": ...}``).
 
     Pure apart from writing the cache entry; safe in a worker process or on a Dask
@@ -218,6 +223,9 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
     (``<sha>.json``); when both exist for the same settings and key the file is not
     decoded again. Identifiers leave as keyed pseudonyms only (PatientID,
     SOPInstanceUID; :mod:`melanet.privacy`); error messages name the file by ``rel``.
+    With ``descriptors`` the ``lesion_*`` columns are measured from the
+    cached pixels and kept in the ``.json`` too (re-measured only when
+    :data:`melanet.descriptors.DESCRIPTOR_VERSION` changes).
     """
     from melanet.dicom.readers import read_dicom
 
@@ -233,7 +241,14 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
     if cache_file.is_file() and sidecar.is_file():
         cached = json.loads(sidecar.read_text())
         if cached.pop("key_id", None) == key_id:
-            return {"row": {**cached, "image_id": image_id, "image_path": image_path}, "skipped": True}
+            lesion = cached.pop("lesion", None)
+            if descriptors and (lesion is None or lesion.get("version") != DESCRIPTOR_VERSION):
+                lesion = _lesion_row(np.load(cache_file, allow_pickle=False), cached)
+                write_text(sidecar, json.dumps({**cached, "key_id": key_id, "lesion": lesion}, default=_jsonable))
+            row = {**cached, "image_id": image_id, "image_path": image_path}
+            if descriptors:
+                row.update({k: v for k, v in lesion.items() if k != "version"})
+            return {"row": row, "skipped": True}
     try:
         rec = read_dicom(path, reader=settings["reader"], multiframe=settings["multiframe"])
     except DicomError as exc:
@@ -256,8 +271,22 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
     row.update(image_id=image_id, patient_id=patient, sha256=sha, image_path=image_path,
                sop_instance_uid=privacy.pseudonymise_uid(meta.get("sop_instance_uid"), key))
     header = {k: v for k, v in row.items() if k not in ("image_id", "image_path")}
-    write_text(sidecar, json.dumps({**header, "key_id": key_id}, default=_jsonable))
+    lesion = _lesion_row(image, row) if descriptors else None
+    write_text(sidecar, json.dumps({**header, "key_id": key_id, **({"lesion": lesion} if lesion else {})},
+                                   default=_jsonable))
+    if lesion:
+        row.update({k: v for k, v in lesion.items() if k != "version"})
     return {"row": row, "skipped": False}
+
+
+def _lesion_row(image: np.ndarray, header: dict[str, Any]) -> dict[str, Any]:
+    """The ``lesion_*`` values of one cached image (by the grayscale rule of its header), with their version."""
+    rule = descriptor_rule(header.get("modality"), header.get("photometric"))
+    try:
+        values = lesion_descriptors(image, rule)
+    except Exception:  # a measurement bug must not lose the file: the row keeps NaN descriptors
+        values = empty_descriptors()
+    return {**values, "version": DESCRIPTOR_VERSION}
 
 
 def _jsonable(value: Any) -> Any:
@@ -265,8 +294,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _process_chunk(items: list[tuple[str, str]], out_dir: str, settings: dict[str, Any],
-                   key: bytes) -> list[dict[str, Any]]:
-    return [process_file(Path(p), rel, Path(out_dir), settings, key) for p, rel in items]
+                   key: bytes, descriptors: bool = True) -> list[dict[str, Any]]:
+    return [process_file(Path(p), rel, Path(out_dir), settings, key, descriptors) for p, rel in items]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -380,7 +409,8 @@ def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "in
     items = [(str(p), p.relative_to(dicom_dir).as_posix()) for p in files]
     workers = cfg.workers or os.cpu_count() or 1
     settings = cfg.pixel_settings()
-    args = (str(out_dir), settings, key)
+    args = (str(out_dir), settings, key, cfg.descriptors)
+    columns = DICOM_COLUMNS + (LESION_COLUMNS if cfg.descriptors else [])
     chunks = list(_chunks(items, cfg.chunk_size if workers > 1 or cfg.engine == "dask" else len(items) or 1))
     if cfg.engine != "dask":
         parts_dir = None
@@ -394,7 +424,7 @@ def decode_folder(cfg: IngestConfig, out_dir: Path, key: bytes, label: str = "in
     rows, errors, skipped = [], list(skipped_entries), 0
 
     def pack() -> None:
-        part = _typed(pd.DataFrame(rows, columns=DICOM_COLUMNS))
+        part = _typed(pd.DataFrame(rows, columns=columns))
         if parts_dir is not None and len(part):
             write_part(parts_dir / f"part-{len(packed):05d}.parquet", part)
         packed.append(part)
@@ -437,6 +467,10 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
     for col in DICOM_COLUMNS:
         if col not in INT_COLUMNS and col not in FLOAT_COLUMNS:
             table[col] = table[col].astype(object).where(table[col].notna(), None)
+    for col in LESION_COLUMNS:
+        if col in table.columns:
+            values = pd.to_numeric(table[col], errors="coerce")
+            table[col] = values.fillna(0).astype(bool) if col == "lesion_mask_ok" else values.astype(float)
     return table
 
 
@@ -449,10 +483,12 @@ def write_part(path: Path, part: pd.DataFrame) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(c, pa.int64() if c in INT_COLUMNS else pa.float64() if c in FLOAT_COLUMNS else pa.string())
-                        for c in DICOM_COLUMNS])
+    columns = DICOM_COLUMNS + [c for c in LESION_COLUMNS if c in part.columns]
+    schema = pa.schema([(c, pa.int64() if c in INT_COLUMNS else pa.bool_() if c == "lesion_mask_ok"
+                         else pa.float64() if c in FLOAT_COLUMNS or c in LESION_COLUMNS else pa.string())
+                        for c in columns])
     with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pandas(part[DICOM_COLUMNS], schema=schema, preserve_index=False), tmp)
+        pq.write_table(pa.Table.from_pandas(part[columns], schema=schema, preserve_index=False), tmp)
 
 
 def run(cfg: IngestConfig) -> IngestResult:
@@ -465,7 +501,7 @@ def run(cfg: IngestConfig) -> IngestResult:
     fails, finds nothing usable or is killed leaves an existing DATA_DIR as it was.
     """
     start = time.perf_counter()
-    out_dir = Path(cfg.out_dir)
+    out_dir = check_out_dir(cfg.out_dir)
     check_inputs(cfg)
     prepared = None
     if cfg.labels:
@@ -550,6 +586,10 @@ def _ingest_into(cfg: IngestConfig, out_dir: Path, stage: ingest_write.Staging, 
         "errors_by_stage": errors["stage"].value_counts().to_dict(),
         "pixel_settings": cfg.pixel_settings(), "seconds": round(seconds, 3),
     })
+    if cfg.descriptors and len(cohort):
+        rules = pd.Series([descriptor_rule(m, p) for m, p in zip(cohort["modality"], cohort["photometric"])])
+        failed = int((~cohort["lesion_mask_ok"].to_numpy(bool) & rules.ne("none").to_numpy()).sum())
+        console.print(f"{rule_summary(rules.value_counts().to_dict())}; no lesion found on {failed}", highlight=False)
     if cfg.eda:
         _write_eda(out_dir, stage.path, cohort, cfg.target)
     stage.commit()
@@ -559,10 +599,8 @@ def _ingest_into(cfg: IngestConfig, out_dir: Path, stage: ingest_write.Staging, 
 
 
 def _write_eda(out_dir: Path, write_to: Path, cohort: pd.DataFrame, target: str) -> None:
-    try:
-        from melanet import eda
-    except ImportError:  # the EDA page is optional for ingest
-        return
+    from melanet import eda
+
     try:
         eda.run(out_dir, eda.EDAConfig(target=target), cohort=cohort, out_dir=write_to)
     except Exception as exc:  # a broken page must not fail the ingest

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from melanet.errors import ArtifactError
+from melanet.errors import ArtifactError, ConfigError
 from melanet.runtime import umask
 
 
@@ -36,6 +36,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_out_dir(path: str | Path, option: str = "--out") -> Path:
+    """Refuse an output folder path that is an existing file, or lies under one, before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder; give a folder path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{option} {path}: {parent} is a file, so no folder can be made there; "
+                              f"give another path")
+    return path
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -20,57 +20,24 @@ import yaml
 
 from melanet.config import build_config
 from melanet.console import console
-from melanet.errors import ArtifactError
+from melanet.errors import ArtifactError, ConfigError
 from melanet.io import read_json, write_csv
-
-KINDS = ("fusion", "gbdt", "blend")
-
+from melanet.runs import KINDS, blend_inputs, check_run, read_config, training_data_dir
 
 def run_kind(run_dir: Path) -> str:
-    """Which trainer wrote ``run_dir``: fusion, gbdt or blend."""
-    run_dir = Path(run_dir)
-    if (run_dir / "blend.json").is_file():
-        return "blend"
-    if any(run_dir.glob("fold_*/model.safetensors")):
-        return "fusion"
-    if any(run_dir.glob("fold_*/model.txt")) or any(run_dir.glob("fold_*/model.json")):
-        return "gbdt"
-    raise ArtifactError(f"{run_dir} is not a finished fusion, gbdt or blend run (no fold models or blend.json); "
-                        f"train it first or check the path")
+    """Which stage wrote ``run_dir``: fusion, gbdt or blend (refused unless the run is complete and unmixed)."""
+    return check_run(run_dir, KINDS, reader="predict").kind
 
 
-def run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def training_data_dir(run_dir: Path) -> Path:
-    """The data folder a run was trained on (for blends: that of the first input run)."""
-    run_dir = Path(run_dir)
-    if run_kind(run_dir) == "blend":
-        return training_data_dir(Path(blend_inputs(run_dir)[0]))
-    data_dir = run_config(run_dir).get("data_dir")
-    if not data_dir or not Path(data_dir).is_dir():
-        raise ArtifactError(f"{run_dir}/config.yaml names data_dir={data_dir!r}, which does not exist here; "
-                            f"predict needs it for the ingest settings and pseudonymisation key")
-    return Path(data_dir)
-
-
-def blend_inputs(run_dir: Path) -> list[str]:
-    """Input run folders of a blend, resolved relative to the blend folder if moved."""
-    recipe = read_json(Path(run_dir) / "blend.json")
-    paths = []
-    for i, absolute in enumerate(recipe["runs"]):
-        rel = (recipe.get("runs_relative") or [None] * len(recipe["runs"]))[i]
-        candidate = Path(absolute)
-        if not candidate.is_dir() and rel is not None:
-            candidate = (Path(run_dir) / rel).resolve()
-        if not candidate.is_dir():
-            raise ArtifactError(f"blend {run_dir} uses run {absolute}, which is missing; restore it")
-        paths.append(str(candidate))
-    return paths
+def check_runs(run_dir: Path) -> None:
+    """Verify every file of ``run_dir`` and of the runs it feeds on, before new files are decoded."""
+    record = check_run(run_dir, KINDS, reader="predict")
+    record.verify_all()
+    if record.kind == "blend":
+        for src in blend_inputs(run_dir, reader="predict"):
+            check_runs(src)
+    for src in (read_config(run_dir).get("with_oof") or []) if record.kind == "gbdt" else []:
+        check_runs(Path(src))
 
 
 def predict_cohort(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> np.ndarray:
@@ -84,12 +51,13 @@ def predict_cohort(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> np.nd
 
         return fusion.predict(run_dir, cohort, data_dir)
     if kind == "gbdt":
+        check_with_oof_sources(run_dir)
         # the mean over fold models, exactly as gbdt.predict averages them
         return np.mean(list(_gbdt_fold_probs(run_dir, cohort, data_dir).values()), axis=0)
     from melanet import blend
 
-    inputs = blend_inputs(run_dir)
-    scores = pd.DataFrame({i: _score(predict_cohort(Path(src), cohort, data_dir), Path(src))
+    inputs = blend_inputs(run_dir, reader="predict")
+    scores = pd.DataFrame({i: _score(predict_cohort(src, cohort, data_dir), src)
                            for i, src in enumerate(inputs)}, index=cohort.index)
     return blend.apply_blend(run_dir, scores)
 
@@ -108,11 +76,21 @@ def fold_scores(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> dict[int
     return {k: _score(p, run_dir) for k, p in probs.items()}
 
 
+def check_with_oof_sources(run_dir: Path) -> None:
+    """Refuse a ``--with-oof`` GBDT run whose score runs now hold another run than it was trained on."""
+    sources = read_config(run_dir).get("with_oof") or []
+    recorded = check_run(run_dir).identity.get("inputs", {}).get("with_oof") or [None] * len(sources)
+    for src, run_id in zip(sources, recorded):
+        if run_id is not None and check_run(src, reader="predict").run_id != run_id:
+            raise ArtifactError(f"{run_dir} was trained on the scores of run {run_id} in {src}, which now holds "
+                                f"another run; re-train it (`{check_run(run_dir).command}`)")
+
+
 def _gbdt_fold_probs(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> dict[int, np.ndarray]:
     from melanet.train import gbdt
 
     extra, extra_folds = None, {}
-    sources = run_config(run_dir).get("with_oof") or []
+    sources = read_config(run_dir).get("with_oof") or []
     if sources:
         extra = pd.DataFrame(index=cohort.index)
         for i, src in enumerate(sources):
@@ -154,6 +132,15 @@ def _training_key(data_dir: Path) -> bytes:
     return key
 
 
+def check_out_file(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a CSV file, before any work is done."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, so {out} cannot be written; give another path")
+
+
 def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
         cache_dir: Path | None = None) -> pd.DataFrame:
     """Predict ``dicom_dir`` with ``run_dir``; write ``out`` (CSV) and ``<out>.errors.csv`` if any failed."""
@@ -161,10 +148,18 @@ def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
     from melanet.runs import spec_from_metrics
 
     run_dir, dicom_dir, out = Path(run_dir), Path(dicom_dir), Path(out)
+    check_out_file(out)
+    if not dicom_dir.is_dir():
+        raise ArtifactError(f"DICOM folder {dicom_dir} {'is a file' if dicom_dir.exists() else 'not found'}; "
+                            f"give the folder of new DICOM files")
     kind = run_kind(run_dir)
-    data_dir = training_data_dir(run_dir)
-    trained = build_config(ingest.IngestConfig, yaml.safe_load((data_dir / "ingest_config.yaml").read_text()),
-                           str(data_dir / "ingest_config.yaml"))
+    check_runs(run_dir)
+    data_dir = training_data_dir(run_dir, reader="predict")
+    settings = data_dir / "ingest_config.yaml"
+    if not settings.is_file():
+        raise ArtifactError(f"{settings} not found: predict re-uses the pixel settings the run's data was ingested "
+                            f"with; restore {data_dir} or re-run `melanet ingest ... --out {data_dir}`")
+    trained = build_config(ingest.IngestConfig, yaml.safe_load(settings.read_text()), str(settings))
     if cache_dir is None:  # decoded images and headers of the new files are removed after the call
         with tempfile.TemporaryDirectory(prefix="melanet-predict-") as tmp:
             return run(run_dir, dicom_dir, out, workers, Path(tmp))
@@ -189,6 +184,8 @@ def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
     write_csv(out, table)
     if len(errors):
         write_csv(out.with_suffix(".errors.csv"), errors)
+    else:  # a list left by an earlier call must not describe this one
+        out.with_suffix(".errors.csv").unlink(missing_ok=True)
     console.print(f"[bold]predict[/] ({kind}): {n_files} files seen = {len(table)} predicted + {len(errors)} "
                   f"not usable{' (see ' + str(out.with_suffix('.errors.csv')) + ')' if len(errors) else ''} -> {out}")
     return table

@@ -29,9 +29,8 @@ from melanet import plots
 from melanet.cohort import read_cohort
 from melanet.eda import load_images, thumbnail_strip
 from melanet.errors import ArtifactError, ConfigError
-from melanet.io import read_json, read_table, write_csv, write_text
-from melanet.report import find_data_dir
-from melanet.runs import ID_COLUMNS, TargetSpec, spec_from_metrics
+from melanet.io import write_csv, write_text
+from melanet.runs import ID_COLUMNS, TargetSpec, find_data_dir, read_run, spec_from_metrics
 
 SUSPECTS_FILE = "suspects.csv"
 
@@ -96,10 +95,18 @@ def run(run_dir: str | Path, top: int = 50, out: str | Path | None = None) -> Pa
     if top < 1:
         raise ConfigError(f"--top {top}: give a number of rows of at least 1")
     run_dir = Path(run_dir)
-    oof = read_table(run_dir / "oof.parquet", ID_COLUMNS, "OOF predictions")
-    spec = spec_from_metrics(read_json(run_dir / "metrics.json"))
-    table = suspicion_scores(oof, spec).head(top)
     out = Path(out) if out is not None else run_dir / SUSPECTS_FILE
+    if out.is_dir():
+        out = out / SUSPECTS_FILE
+    if out.suffix.lower() in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: give the CSV to write (e.g. {out.with_suffix('.csv')}); the HTML page is "
+                          f"written beside it with the same name")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, so {out} cannot be written; give another path")
+    oof, _, metrics = read_run(run_dir, reader="suspects")
+    spec = spec_from_metrics(metrics)
+    table = suspicion_scores(oof, spec).head(top)
     write_csv(out, table)
     write_text(out.with_suffix(".html"), render(run_dir, table, spec, find_data_dir(run_dir)))
     return out

@@ -1,15 +1,18 @@
 """Benchmark: `melanet ingest` throughput against a bare pydicom decode loop, in one run.
 
-    python scripts/bench_ingest.py [--patients 150] [--image-size 512] [--cache-size 256]
+    python scripts/bench_ingest.py [--patients 150] [--image-size 512] [--cache-size 256] [--repeats 1]
 
 Writes a synthetic cohort (real DICOM: JPEG YCbCr, RLE, JPEG 2000, explicit VR),
 then times, over the same files:
   baseline   for f in files: pydicom.dcmread(f).pixel_array
-  ingest -w1 melanet ingest with 1 worker (metadata, LUTs, resize, cache, folds)
+  ingest -w1 melanet ingest with 1 worker (metadata, LUTs, resize, cache, folds, lesion descriptors)
   ingest -w2 melanet ingest with 2 workers
+  ... descriptors off: the same with ``descriptors=false`` (the cost of melanet.descriptors)
   re-run     melanet ingest again on unchanged files (cache hits)
 and the cache formats (load .npy vs decode PNG vs decode the DICOM again).
-Ratios > 1 mean faster than the baseline.
+Ratios > 1 mean faster than the baseline. With ``--repeats N`` every timing is
+taken N times (interleaved, each ingest into a fresh folder) and printed as the
+median with the min-max spread: on a shared machine one run is not a measurement.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=512, help="side of the synthetic DICOM images")
     ap.add_argument("--cache-size", type=int, default=256, help="side of the cached images")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=1, help="time every run this many times (median, min-max)")
     args = ap.parse_args()
 
     from melanet import ingest, synth
@@ -38,16 +42,17 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="melanet-bench-ingest-"))
     synth_cfg = synth.SynthConfig(out_dir=work / "synth", patients=args.patients, image_size=args.image_size)
-    synth.run(synth_cfg)
+    if not (work / "synth" / "synth.json").is_file():  # --workdir of an earlier run: reuse its cohort
+        synth.run(synth_cfg)
     files = list_files(work / "synth" / "dicom")
 
     def bare_loop() -> None:
         for f in files:
             pydicom.dcmread(f).pixel_array
 
-    def ingest_run(workers: int, out: Path) -> None:
+    def ingest_run(workers: int, out: Path, descriptors: bool = True) -> None:
         cfg = ingest.IngestConfig(dicom_dir=work / "synth" / "dicom", out_dir=out, labels=work / "synth" / "labels.csv",
-                                  workers=workers, image_size=args.cache_size, eda=False)
+                                  workers=workers, image_size=args.cache_size, eda=False, descriptors=descriptors)
         ingest.run(cfg)
 
     def timed(fn, *a) -> float:
@@ -56,10 +61,21 @@ def main() -> None:
         return time.perf_counter() - t0
 
     bare_loop()  # warm the page cache and import decoders once
-    base = timed(bare_loop)
-    w1 = timed(ingest_run, 1, work / "data1")
-    w2 = timed(ingest_run, 2, work / "data2")
-    rerun = timed(ingest_run, 2, work / "data2")
+    # name -> (workers, descriptors); None is the bare decode loop
+    runs = {"bare pydicom decode loop": None, "ingest --workers 1": (1, True), "ingest --workers 1, no descr.": (1, False),
+            "ingest --workers 2": (2, True), "ingest --workers 2, no descr.": (2, False)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for k in range(args.repeats):  # interleaved, so a burst of load on the shared machine hits every run alike
+        for name, spec in runs.items():
+            if spec is None:
+                times[name].append(timed(bare_loop))
+                continue
+            out = work / f"ingest-{k}"  # a fresh folder: every run decodes every file
+            times[name].append(timed(ingest_run, spec[0], out, spec[1]))
+            shutil.rmtree(out, ignore_errors=True)
+    ingest_run(2, work / "data2")
+    times["ingest re-run (unchanged)"] = [timed(ingest_run, 2, work / "data2") for _ in range(args.repeats)]
+    base = float(np.median(times["bare pydicom decode loop"]))
 
     # Cache format: load the cached .npy vs decode the same image as PNG vs decode the DICOM again.
     from melanet.cohort import load_image, read_cohort
@@ -76,10 +92,14 @@ def main() -> None:
 
     n = len(files)
     print(f"files: {n} synthetic DICOM ({args.image_size} px) -> cache {args.cache_size} px; work dir {work}")
-    print(f"{'run':<28}{'seconds':>9}{'files/s':>10}{'vs bare decode':>16}")
-    for name, sec in [("bare pydicom decode loop", base), ("ingest --workers 1", w1), ("ingest --workers 2", w2),
-                      ("ingest re-run (unchanged)", rerun)]:
-        print(f"{name:<28}{sec:>9.2f}{n / sec:>10.1f}{base / sec:>15.2f}x")
+    print(f"{'run':<32}{'seconds':>9}{'files/s':>10}{'vs bare decode':>16}   spread of {args.repeats} (min-max s)")
+    for name, secs in times.items():
+        sec = float(np.median(secs))
+        print(f"{name:<32}{sec:>9.2f}{n / sec:>10.1f}{base / sec:>15.2f}x   {min(secs):.2f}-{max(secs):.2f}")
+    for w in (1, 2):
+        on, off = (np.asarray(times[f"ingest --workers {w}{s}"]) for s in ("", ", no descr."))
+        print(f"descriptors add (workers {w}): {np.median(on) / np.median(off) - 1:+.0%} of the ingest time "
+              f"(per repeat: {', '.join(f'{a / b - 1:+.0%}' for a, b in zip(on, off))})")
     print(f"cache load per image: npy {t_npy / len(sample) * 1e3:.2f} ms, png {t_png / len(sample) * 1e3:.2f} ms, "
           f"DICOM decode {t_dcm / len(sample) * 1e3:.2f} ms  (npy is {t_dcm / t_npy:.0f}x faster than re-decoding)")
     if args.workdir is None:

@@ -195,3 +195,22 @@ def test_unlabelled_cohort_and_unreadable_image_still_give_a_page(tmp_path):
 def test_missing_cohort_names_the_command(tmp_path):
     with pytest.raises(ArtifactError, match="melanet ingest"):
         eda.run(tmp_path)
+
+
+def test_lesion_section_draws_mask_outlines_and_distributions(tmp_path):
+    from melanet.descriptors import LESION_COLUMNS, lesion_descriptors
+
+    images = lesions(12, seed=5)
+    images[3] = np.full_like(images[3], 180)  # no lesion: shown as such
+    rows = pd.DataFrame([lesion_descriptors(img) for img in images])
+    target = (np.arange(12) % 3 == 0).astype(float)
+    write_cohort(tmp_path, images, **{c: rows[c].to_numpy() for c in LESION_COLUMNS}, target=target, fold=np.arange(12) % 3)
+    text = eda.run(tmp_path, eda.EDAConfig(mask_thumbnails=6, thumbnails_per_class=0)).read_text()
+    section = text[text.index('<section id="lesions">'):text.index('<section id="duplicates">')]
+    assert "Mask outlines on 6 sampled images" in section and "no lesion found" in section  # the failure is shown
+    assert len(embedded_pngs(section)) == 6 + 1  # six outlined thumbnails, one histogram grid
+    assert "Descriptor distributions by class" in section and "lesion_compactness" in section
+    assert "AUC vs target" in section
+    plain = tmp_path / "plain"
+    write_cohort(plain, images[:3], target=target[:3], fold=[0, 1, 2])
+    assert "descriptors=false" in eda.run(plain).read_text()

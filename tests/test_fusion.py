@@ -15,6 +15,7 @@ import pytest
 from melanet.cohort import DICOM_COLUMNS
 from melanet.config import load_config
 from melanet.errors import ArtifactError, ConfigError, WeightsNotFoundError
+from melanet.runs import read_config
 
 SIZE = 32
 
@@ -124,10 +125,21 @@ def test_saved_fold_model_reloads_and_reproduces_predictions(trained_run, cohort
     for k in (1, 2):
         shutil.rmtree(single / f"fold_{k}")
     _rewrite_done_folds(single, [0])
+    _mark_complete(single, [0])
     rows = cohort[cohort["image_id"].isin(fold0.index)].reset_index(drop=True)
     pred = fusion.predict(single, cohort, cohort_dir)
     got0 = pd.Series(pred, index=cohort["image_id"]).loc[rows["image_id"]]
     np.testing.assert_allclose(got0.to_numpy(), fold0.loc[rows["image_id"]].to_numpy(), atol=1e-5)
+
+
+def _mark_complete(run_dir: Path, folds: list[int]) -> None:
+    """Record the edited folder as a complete run of ``folds`` (what `melanet merge` does for a finished run)."""
+    import json
+
+    from melanet.runs import RunDir
+
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    RunDir(run_dir, run_id=run_id, kind="fusion").complete(["config.yaml"], folds=folds)
 
 
 def _rewrite_done_folds(run_dir: Path, folds: list[int]) -> None:
@@ -154,8 +166,8 @@ def test_resume_skips_finished_folds_and_merge_refuses_missing(cohort_dir, tmp_p
     assert (out / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp  # not retrained
     assert all((out / f"fold_{k}" / "DONE").is_file() for k in range(3))
     assert (out / "oof.parquet").is_file()
-    # A finished run refuses folds trained with a different recipe.
-    with pytest.raises(ConfigError, match="different config"):
+    # A finished run refuses folds trained with a different recipe, naming what differs.
+    with pytest.raises(ArtifactError, match=r"complete other run \(different settings or data: train.lr"):
         fusion.run(tiny_config(cohort_dir, out, ["train.lr=0.1"]), resume=True)
 
 
@@ -182,6 +194,7 @@ def test_variants_run_one_fold(cohort_dir, tmp_path, overrides):
         assert any((out / "tensorboard").glob("events.out.tfevents.*"))
     if "train.ema_decay=0.9" in overrides:  # the saved weights are the averaged ones that predicted the OOF
         _rewrite_done_folds(out, [1])
+        _mark_complete(out, [1])
         cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
         pred = pd.Series(fusion.predict(out, cohort, cohort_dir), index=cohort["image_id"])
         np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)
@@ -259,3 +272,54 @@ def test_torchrun_two_cpu_processes_gather_oof_and_only_rank0_writes(cohort_dir,
     one = pd.read_parquet(single / "fold_0" / "oof.parquet").set_index("image_id").loc[fold_oof["image_id"]]
     aucs = [metrics.binary_metrics(t["target"], t["pred"])["auc"] for t in (fold_oof, one)]
     assert min(aucs) > 0.6 and abs(aucs[0] - aucs[1]) < 0.15, aucs
+
+
+def test_staged_training_fits_metadata_on_the_image_model_and_predict_reproduces_it(cohort_dir, tmp_path):
+    from melanet.train import fusion
+
+    out = tmp_path / "staged"
+    fusion.run(tiny_config(cohort_dir, out, ["train.epochs=2", "train.meta_epochs=3"]), folds=[1])
+    history = pd.read_csv(out / "fold_1" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4, 5]  # 2 image epochs, then 3 metadata epochs
+    assert history["val_auc"].notna().all()
+    oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
+    _rewrite_done_folds(out, [1])
+    _mark_complete(out, [1])
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+    pred = pd.Series(fusion.predict(out, cohort, cohort_dir), index=cohort["image_id"])
+    np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)
+    # The saved network uses metadata: the same image with other metadata gets another score.
+    from melanet.features import MetaEncoder
+    from melanet.io import read_json
+    from melanet.train.data import ImageStore
+    from melanet.train.model import load_weights
+
+    cfg = read_config(out, fusion.FusionConfig)
+    encoder = MetaEncoder.from_dict(read_json(out / "fold_1" / "meta_encoder.json"))
+    meta = encoder.transform(fusion.meta_features(cohort, cfg.features))
+    model = fusion.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}),
+                               meta.shape[1], 1)
+    load_weights(model, out / "fold_1" / "model.safetensors").eval()
+    assert not model.image_stage
+    store = ImageStore(cohort_dir, cohort["image_path"].tolist(), SIZE, 100)
+    rows = np.arange(4)
+    a = fusion.predict_rows(model, store, rows, meta, channels_last=False)
+    b = fusion.predict_rows(model, store, rows, np.zeros_like(meta), channels_last=False)
+    assert not np.allclose(a, b)
+
+
+def test_staged_head_starts_equal_to_the_image_head():
+    import torch
+
+    from melanet.train.model import FusionNet
+    from melanet.train.staged import begin_image_stage, init_fused_head
+
+    torch.manual_seed(0)
+    net = FusionNet("test_resnet", n_meta=3, n_outputs=1, meta_hidden=(8, 4), image_aux_head=True).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    begin_image_stage(net)
+    image_only = net(images, torch.randn(4, 3))
+    torch.testing.assert_close(image_only, net(images, torch.randn(4, 3)))  # stage 1 ignores metadata
+    init_fused_head(net)
+    net.image_stage = False
+    torch.testing.assert_close(net(images, torch.randn(4, 3)), image_only)  # stage 2 starts from the image model

@@ -17,7 +17,7 @@ from melanet.cohort import REQUIRED_COLUMNS
 from melanet.config import config_from_run, load_config
 from melanet.errors import ArtifactError, ConfigError, InputDataError
 from melanet.io import read_json
-from melanet.runs import evaluate, predictions_frame, resolve_target
+from melanet.runs import finish_run, evaluate, predictions_frame, resolve_target
 from melanet.train import gbdt
 
 SITES = ["TORSO", "LOWER EXTREMITY", "HEAD/NECK", "UPPER EXTREMITY"]
@@ -205,6 +205,7 @@ def write_image_run(run_dir: Path, cohort: pd.DataFrame, score: np.ndarray) -> P
     oof.to_parquet(run_dir / "oof.parquet", index=False)
     predictions_frame(cohort[~mask], score[~mask], spec).to_parquet(run_dir / "test.parquet", index=False)
     (run_dir / "metrics.json").write_text(pd.Series(evaluate(oof, spec)).to_json())
+    finish_run(run_dir, "fusion")
     return run_dir
 
 
@@ -393,3 +394,17 @@ def test_small_data_settings_are_printed_and_written_resolved(data, tmp_path, ca
     gbdt.run(off)
     assert config_from_run(gbdt.GBDTConfig, tmp_path / "off").small_data.applied is False
     assert "small-data settings" not in capsys.readouterr().err
+
+
+def test_feature_table_adds_lesion_descriptors_with_patient_context_and_duckling(data):
+    _, cohort, _ = data
+    rng = np.random.default_rng(0)
+    with_lesions = cohort.assign(lesion_mask_ok=True, lesion_area_frac=rng.uniform(0.05, 0.3, len(cohort)),
+                                 lesion_delta_e=rng.uniform(10, 40, len(cohort)))
+    X = gbdt.feature_table(with_lesions, gbdt.FeatureConfig())
+    assert {"lesion_area_frac", "lesion_delta_e_pat_z", "lesion_area_frac_pat_rank", "duckling_distance"} <= set(X)
+    assert "lesion_mask_ok" not in X  # the NaN descriptors already say it
+    off = gbdt.feature_table(with_lesions, gbdt.FeatureConfig(descriptors=False))
+    assert not any(c.startswith(("lesion_", "duckling_")) for c in off.columns)
+    # A cohort ingested without descriptors trains on the rest (one warning line), as before.
+    pd.testing.assert_frame_equal(gbdt.feature_table(cohort, gbdt.FeatureConfig()), off)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from melanet import ingest, synth
 from melanet.cli import app
 from melanet.cohort import DICOM_COLUMNS, load_image, read_cohort
+from melanet.descriptors import LESION_COLUMNS
 from melanet.errors import InputDataError
 
 
@@ -122,6 +124,30 @@ def test_rerun_skips_unchanged_files(cohort_dir, ingested, tmp_path):
     pd.testing.assert_frame_equal(before, read_cohort(out))
 
 
+def test_lesion_descriptors_are_columns_and_reused(cohort_dir, ingested, tmp_path):
+    out, _ = ingested
+    cohort = read_cohort(out)
+    assert list(cohort.columns[len(DICOM_COLUMNS):len(DICOM_COLUMNS) + len(LESION_COLUMNS)]) == LESION_COLUMNS
+    assert cohort["lesion_mask_ok"].dtype == bool and cohort["lesion_mask_ok"].mean() > 0.8
+    ok = cohort[cohort["lesion_mask_ok"]]
+    assert ok["lesion_area_frac"].between(0, 1).all() and (ok["lesion_n_colors"] >= 1).all()
+    assert cohort.loc[~cohort["lesion_mask_ok"], "lesion_area_frac"].isna().all()
+    # A run without descriptors has no lesion_* column; the next run with descriptors measures them from
+    # the cached pixels and keeps them with the cache entry, so a later run reads them back (a changed value
+    # in the sidecar shows through) instead of measuring again.
+    plain = tmp_path / "plain"
+    _ingest(cohort_dir, plain, workers=1, descriptors=False)
+    assert not any(c.startswith("lesion_") for c in read_cohort(plain).columns)
+    _ingest(cohort_dir, plain, workers=1)
+    pd.testing.assert_frame_equal(read_cohort(plain)[LESION_COLUMNS], cohort[LESION_COLUMNS])
+    sidecar = (plain / cohort["image_path"].iloc[0]).with_suffix(".json")
+    entry = json.loads(sidecar.read_text())
+    entry["lesion"]["lesion_perimeter_px"] = 12345.0
+    sidecar.write_text(json.dumps(entry))
+    _ingest(cohort_dir, plain, workers=1)
+    assert read_cohort(plain)["lesion_perimeter_px"].iloc[0] == 12345.0
+
+
 def test_two_workers_same_cohort(cohort_dir, ingested, tmp_path):
     out, _ = ingested
     _ingest(cohort_dir, tmp_path / "w2", workers=2)
@@ -185,5 +211,6 @@ def test_dask_engine_matches_local_and_writes_parts(cohort_dir, ingested, tmp_pa
     files = sorted(parts.glob("part-*.parquet"))
     assert len(files) >= len(cohort) // 25 and parts / "part-00099.parquet" not in files
     rows = pd.concat([pd.read_parquet(f) for f in files]).sort_values("image_id").reset_index(drop=True)
-    pd.testing.assert_frame_equal(rows, cohort[DICOM_COLUMNS])
+    assert list(rows.columns) == DICOM_COLUMNS + LESION_COLUMNS
+    pd.testing.assert_frame_equal(rows, cohort[DICOM_COLUMNS + LESION_COLUMNS])
     assert not (out / ingest.PARTS_DIR).exists()  # --engine local writes cohort.parquet only

@@ -76,21 +76,6 @@ def test_offset_runs_record_their_offsets_and_predict_reproduces_the_test_rows(t
         gbdt.predict(out, new, extra=extra)
 
 
-def test_a_run_from_before_offset_mode_still_predicts_as_feature_mode(tmp_path):
-    data_dir, cohort, image_run = cohort_with_image_signal(tmp_path, metadata_weight=1.0)
-    out = tmp_path / "old"
-    gbdt.run(config(data_dir, out, "with_oof_mode=feature", with_oof=[str(image_run)]))
-    written = yaml.safe_load((out / "config.yaml").read_text())
-    del written["with_oof_mode"]
-    (out / "config.yaml").write_text(yaml.safe_dump(written))
-    new = cohort[cohort["target"].isna()]
-    name = gbdt.oof_feature_name(image_run, 0)
-    extra = pd.DataFrame({name: pd.read_parquet(image_run / "test.parquet").set_index("image_id")
-                          .loc[new["image_id"], "pred"].to_numpy()})
-    expected = pd.read_parquet(out / "test.parquet").set_index("image_id").loc[new["image_id"], "pred"]
-    np.testing.assert_allclose(gbdt.predict(out, new, extra=extra), expected.to_numpy(), rtol=0, atol=1e-12)
-
-
 def test_round_count_is_the_best_mean_inner_curve_round_and_can_be_zero():
     falling = [np.array([0.72, 0.71, 0.70]), np.array([0.68, 0.69, 0.66, 0.65])]
     assert best_round(falling) == 0  # the offset alone is best: no corrections

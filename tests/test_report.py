@@ -12,7 +12,7 @@ import pytest
 from melanet import blend, report
 from melanet.cohort import DICOM_COLUMNS
 from melanet.io import write_csv, write_json, write_parquet, write_text
-from melanet.runs import TargetSpec, evaluate, predictions_frame
+from melanet.runs import TargetSpec, finish_run, evaluate, predictions_frame
 
 # 7 rows by hand: at threshold 0.5, called positive = rows 1, 2, 3, 6
 Y = np.array([0, 0, 0, 1, 1, 0, 1])
@@ -96,6 +96,7 @@ def run_dir(tmp_path) -> Path:
     write_parquet(run / "test.parquet", oof.head(0))  # no unlabelled images: the blend must cope too
     write_json(run / "metrics.json", evaluate(oof, spec))
     write_text(run / "config.yaml", f"data_dir: {tmp_path / 'data'}\n")
+    finish_run(run, "gbdt")
     for k in range(5):
         write_csv(run / f"fold_{k}" / "history.csv", pd.DataFrame({
             "epoch": range(4), "lr": [1e-3, 8e-4, 4e-4, 1e-4], "train_loss": [0.7, 0.5, 0.4, 0.35],
@@ -136,6 +137,7 @@ def test_report_for_rank_blend_follows_first_input(run_dir, tmp_path):
     write_parquet(other / "oof.parquet", oof)
     write_parquet(other / "test.parquet", pd.read_parquet(run_dir / "test.parquet"))
     write_json(other / "metrics.json", evaluate(oof, TargetSpec()))
+    finish_run(other, "fusion")
     out = tmp_path / "runs" / "blend"
     blend.run(blend.BlendConfig(runs=[run_dir, other], out_dir=out, method="rank", n_boot=20))
     text = (out / "report.html").read_text()
@@ -155,6 +157,7 @@ def test_report_without_cohort_still_lists_errors(tmp_path):
     write_parquet(tmp_path / "oof.parquet", oof)
     write_parquet(tmp_path / "test.parquet", oof.head(0))
     write_json(tmp_path / "metrics.json", evaluate(oof, TargetSpec()))
+    finish_run(tmp_path, "gbdt")
     text = report.run(tmp_path).read_text()
     assert "cohort not found" in text and "Most confident false positives" in text
     assert '<section id="subgroups">' not in text and not (tmp_path / "false_positives.png").exists()
@@ -170,7 +173,44 @@ def test_report_multiclass_without_positive_class(tmp_path):
     write_parquet(tmp_path / "oof.parquet", oof)
     write_parquet(tmp_path / "test.parquet", oof.head(0))
     write_json(tmp_path / "metrics.json", evaluate(oof, spec))
+    finish_run(tmp_path, "gbdt")
     (tmp_path / "calibration.png").write_bytes(b"stale")  # from an earlier binary run in the same folder
     text = report.run(tmp_path).read_text()
     assert "ROC (one-vs-rest)" in text and "macro_auc" in text and "error analysis is skipped" in text
     assert embedded_pngs(text) == 1 and not (tmp_path / "calibration.png").exists()
+
+
+def test_descriptor_importance_groups_patient_context_with_its_descriptor():
+    from melanet.report import descriptor_importance
+
+    gain = pd.Series({"age": 50.0, "lesion_asymmetry": 20.0, "lesion_asymmetry_pat_z": 10.0,
+                      "lesion_asymmetry_pat_rank": 5.0, "lesion_delta_e": 5.0, "duckling_distance": 8.0,
+                      "duckling_pat_rank": 2.0})
+    table = descriptor_importance(gain).set_index("descriptor")
+    assert list(table.index) == ["lesion_asymmetry", "duckling", "lesion_delta_e"]
+    assert table.loc["lesion_asymmetry", "share"] == pytest.approx(0.35)
+    assert table.loc["lesion_asymmetry", "patient_context"] == pytest.approx(0.15)
+    assert table.loc["duckling", "own"] == pytest.approx(0.08)
+    assert descriptor_importance(pd.Series({"age": 1.0})).empty
+
+
+def test_training_panels_keep_each_trainers_validation_metric():
+    fusion_multiclass = pd.DataFrame({"epoch": [1, 2], "lr": [1e-3, 1e-4], "train_loss": [1.2, 0.9],
+                                      "val_loss": [1.3, 1.0], "val_macro_auc": [0.6, 0.7], "seconds": [3, 3]})
+    gbdt = pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [0.6, 0.5, 0.45], "val_auc": [0.7, 0.75, 0.8]})
+    panels = report.training_panels({"fold 0": fusion_multiclass, "fold 1": gbdt})
+    assert list(panels) == ["loss", "validation metric", "learning rate"]
+    assert set(panels["validation metric"]) == {"fold 0 macro_auc", "fold 1 auc"}
+    assert set(panels["loss"]) == {"fold 0 train", "fold 0 val", "fold 1 val"}
+    assert list(report.training_panels({"fold 1": gbdt})) == ["loss", "validation metric"]
+
+
+def test_after_stage_is_the_one_report_call_and_a_failure_keeps_the_run(run_dir, capsys):
+    assert report.after_stage(run_dir, enabled=False) is None and not (run_dir / "report.html").exists()
+    assert report.after_stage(run_dir) == run_dir / "report.html"
+    (run_dir / "oof.parquet").write_bytes(b"damaged")  # the report refuses the run; the stage must not fail
+    (run_dir / "report.html").unlink()
+    assert report.after_stage(run_dir) is None
+    out = capsys.readouterr().err  # melanet's console writes to stderr
+    assert "report.html not written" in out and f"melanet report {run_dir}" in " ".join(out.split())
+    assert not (run_dir / "report.html").exists() and (run_dir / "COMPLETE").is_file()

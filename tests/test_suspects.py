@@ -16,7 +16,7 @@ from melanet.cli import app
 from melanet.cohort import DICOM_COLUMNS
 from melanet.errors import ArtifactError, ConfigError
 from melanet.io import write_json, write_parquet
-from melanet.runs import TargetSpec, predictions_frame
+from melanet.runs import TargetSpec, finish_run, predictions_frame
 
 N = 40
 FLIPPED = ["ISIC_0007", "ISIC_0021", "ISIC_0033"]  # most confident first
@@ -45,6 +45,7 @@ def write_run(run_dir: Path, cohort: pd.DataFrame, prob: np.ndarray, spec: Targe
     write_json(run_dir / "metrics.json", {"target": spec.column, "classes": spec.classes,
                                           "positive_class": spec.positive_class})
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    finish_run(run_dir, "fusion")
     return run_dir
 
 
@@ -87,8 +88,10 @@ def test_default_output_in_run_dir_and_bad_arguments(binary_run, tmp_path):
     assert (run / "suspects.html").is_file()
     with pytest.raises(ConfigError, match="--top 0"):
         suspects.run(run, top=0)
-    with pytest.raises(ArtifactError, match="oof.parquet"):
+    with pytest.raises(ArtifactError, match="no-such-run not found"):
         suspects.run(tmp_path / "no-such-run")
+    with pytest.raises(ConfigError, match="give the CSV"):  # would have written the page over the CSV
+        suspects.run(run, out=tmp_path / "x.html")
 
 
 def test_multiclass_runs_use_positive_class_or_labelled_class(tmp_path):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hashlib
+import json
+
 import numpy as np
 import pandas as pd
 import pydicom
@@ -16,8 +19,8 @@ from typer.testing import CliRunner
 from melanet import synth
 from melanet.cli import app
 from melanet.errors import ConfigError, InputDataError
-from melanet.synth import (COLOR_ENCODINGS, FAULTS, SynthConfig, component_aucs, image_rng, render_lesion,
-                           sample_cohort, to_gray)
+from melanet.synth import (COLOR_ENCODINGS, FAULTS, SynthConfig, component_aucs, image_rng, observable_logit,
+                           render_lesion, sample_cohort, to_gray)
 
 LOSSLESS = {"explicit_vr_le", "rle_lossless", "jpeg2000_lossless"}
 
@@ -197,6 +200,69 @@ def test_label_model_components_are_weaker_than_the_truth():
         assert 0.58 < auc[term] < auc["p_true"] - 0.08, (term, auc)
     no_meta = component_aucs(sample_cohort(SynthConfig(out_dir="unused", patients=3000, meta_signal=0)))
     assert no_meta["meta"] == 0.5 and no_meta["p_true"] < auc["p_true"]
+
+
+def test_default_cohort_and_pixels_are_those_of_before_image_cues():
+    """Golden hashes recorded with the single-module synth.py before image_cues and the package split:
+    the default path must stay the same draw (a changed hash means every earlier benchmark's cohort changed)."""
+    cfg = SynthConfig(out_dir="unused", patients=12, seed=3, image_size=32)
+    cohort = sample_cohort(cfg)
+    cols = ["image_id", "p_true", "target", "diagnosis", "image_term", "meta_term", "duckling_term", "noise_term",
+            "irregularity", "variegation", "asymmetry", "radius"]
+    table = hashlib.sha256(cohort[cols].to_csv(index=False).encode()).hexdigest()
+    assert table == "fc5e0b2f6b75bd16954aa501457a39c8b3704776f0729ec327ca8654a28a2331"
+    pixels = hashlib.sha256()
+    for i, row in enumerate(cohort.head(4).to_dict("records")):
+        pixels.update(render_lesion(row, 32, image_rng(3, i)).tobytes())
+    assert pixels.hexdigest() == "bd9e16185ebbb61e27b14fc36698e31603578bfd5fa04243740d9537e88dda30"
+    assert sample_cohort(cfg.model_copy(update={"image_cues": "all"})).equals(cohort)
+
+
+def _corr(a, b) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.mark.parametrize("cues, carriers, decoys", [
+    ("colour", ["variegation"], ["irregularity", "asymmetry"]),
+    ("shape", ["irregularity", "asymmetry", "radius"], ["variegation"]),
+])
+def test_image_cues_choose_which_drawn_cues_carry_the_image_term(cues, carriers, decoys):
+    base = sample_cohort(SynthConfig(out_dir="unused", patients=2000))
+    cohort = sample_cohort(SynthConfig(out_dir="unused", patients=2000, image_cues=cues))
+    for cue in carriers:
+        assert _corr(cohort[cue], cohort["image_term"]) > 0.5, cue
+    for cue in decoys:
+        assert abs(_corr(cohort[cue], cohort["image_term"])) < 0.05, cue  # drawn, but no risk
+        assert cohort[cue].mean() == pytest.approx(base[cue].mean(), abs=0.02)  # same look on average
+        assert cohort[cue].std() == pytest.approx(base[cue].std(), rel=0.1)
+    # Only where the image signal sits changes: same spread, same patients, metadata and noise.
+    assert cohort["image_term"].std() == pytest.approx(base["image_term"].std(), rel=1e-6)
+    for col in ("meta_term", "noise_term", "age", "site", "hue", "image_id"):
+        assert cohort[col].equals(base[col]), col
+    auc = component_aucs(cohort)
+    assert abs(auc["image"] - component_aucs(base)["image"]) < 0.03
+
+
+def test_unknown_image_cues_is_refused_with_a_suggestion(tmp_path):
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "o"), "--patients", "2", "--image-cues", "color"])
+    assert isinstance(result.exception, ConfigError)
+    assert "image_cues" in str(result.exception) and "did you mean 'colour'" in str(result.exception)
+
+
+def test_observable_ceiling_is_below_the_true_probability_and_written_to_synth_json(tmp_path):
+    cohort = sample_cohort(SynthConfig(out_dir="unused", patients=3000))
+    auc = component_aucs(cohort)
+    # The noise term is unseen: the observable ceiling is lower than p_true's AUC, higher than any one term.
+    assert max(auc["image"], auc["meta"], auc["duckling"]) + 0.05 < auc["observable"] < auc["p_true"] - 0.01
+    no_noise = component_aucs(sample_cohort(SynthConfig(out_dir="unused", patients=3000, noise_scale=0)))
+    assert no_noise["observable"] == pytest.approx(no_noise["p_true"], abs=1e-9)
+    np.testing.assert_allclose(observable_logit(cohort),
+                               cohort["image_term"] + cohort["meta_term"] + cohort["duckling_term"])
+
+    _, result = _run(tmp_path, patients=30)
+    written = json.loads((result.out_dir / "synth.json").read_text())
+    assert written["auc_against_target"]["observable"] == pytest.approx(result.auc["observable"])
+    assert written["config"]["image_cues"] == "all"
 
 
 def test_rerun_into_same_folder_drops_stale_files_but_foreign_folders_are_refused(tmp_path):

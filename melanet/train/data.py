@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from melanet.cohort import load_image
 from melanet.config import StageConfig
+from melanet.train.device import loader_settings
 
 
 class AugmentConfig(StageConfig):
@@ -56,7 +57,7 @@ class AugmentConfig(StageConfig):
 
 def build_train_transform(aug: AugmentConfig, image_size: int, seed: int | None = None):
     """The albumentations pipeline for training images (uint8 HWC at ``image_size``), or None."""
-    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # no version check over the network (see melanet/__init__.py)
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # no version check over the network (see melanet/runtime.py)
     import albumentations as A
 
     steps = [
@@ -149,21 +150,38 @@ class FusionDataset(Dataset):
                 int(self.labels[row]), row)
 
 
-def _reseed_worker(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
     # Forked workers inherit one copy of the pipeline's generator: without a
     # fresh seed every worker (and every epoch) would draw the same augmentations.
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if transform is not None:
         transform.set_random_seed(torch.initial_seed() % 2**32)
+    # Not cv2.setNumThreads here: reconfiguring OpenCV's pool in a forked
+    # worker can wait forever on pool threads that only existed in the parent.
 
 
 def make_loader(dataset: FusionDataset, batch_size: int, *, shuffle: bool = False, sampler: Sampler | None = None,
-                drop_last: bool = False, workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader with per-worker augmentation seeds and workers kept alive between epochs."""
+                drop_last: bool = False, workers: int = 0, device_type: str = "cpu") -> DataLoader:
+    """A DataLoader set up for ``device_type`` (:func:`melanet.train.device.loader_settings`).
+
+    Per-worker augmentation seeds; with workers, they are kept alive between
+    epochs and prefetch; on CUDA batches land in pinned memory.
+    """
+    settings = loader_settings(device_type, workers)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      drop_last=drop_last, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, worker_init_fn=_reseed_worker if workers > 0 else None)
+                      drop_last=drop_last, num_workers=workers, worker_init_fn=_init_worker if workers > 0 else None,
+                      **settings.loader_kwargs())
+
+
+def to_device(batch, device: torch.device, non_blocking: bool = False):
+    """(images, meta, label, row) batch with its tensors on ``device``.
+
+    Images stay uint8 (a quarter of float32's bytes on the bus); FusionNet
+    converts and normalises them on the device. ``non_blocking`` only pays off
+    from pinned memory (CUDA); elsewhere it is a plain copy.
+    """
+    return tuple(x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) else x for x in batch)
 
 
 def to_nchw(images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
@@ -185,7 +203,8 @@ def drop_meta(meta: torch.Tensor, p: float, generator: torch.Generator | None = 
     if p <= 0:
         return meta
     keep = torch.rand(meta.shape[0], 1, generator=generator, device="cpu") >= p
-    return meta * keep.to(meta.device, meta.dtype)
+    # Drawn on the CPU so the stream of draws is the same on every device; copied without a host sync.
+    return meta * keep.to(meta.device, meta.dtype, non_blocking=True)
 
 
 def mix_batch(images: torch.Tensor, meta: torch.Tensor, target: torch.Tensor, aug: AugmentConfig,
@@ -203,7 +222,7 @@ def mix_batch(images: torch.Tensor, meta: torch.Tensor, target: torch.Tensor, au
     mode = modes[rng.integers(len(modes))]
     lam = float(rng.beta(aug.mixup_alpha, aug.mixup_alpha) if mode == "mixup" else
                 rng.beta(aug.cutmix_alpha, aug.cutmix_alpha))
-    perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device)
+    perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device, non_blocking=True)
     if mode == "mixup":
         images = lam * images + (1 - lam) * images[perm]
     else:

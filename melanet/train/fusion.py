@@ -6,14 +6,14 @@ and data parallelism come from Lightning Fabric: one process on CPU or one GPU,
 Only global rank 0 writes artifacts; validation and test predictions are
 sharded across ranks without duplicates and gathered.
 
-Writes (DESIGN.md "Runs")::
+Writes (docs/architecture.md "Runs")::
 
     RUN_DIR/config.yaml                     resolved config
     RUN_DIR/fold_<k>/model.safetensors      weights of the epoch that predicted the OOF
     RUN_DIR/fold_<k>/meta_encoder.json      metadata encoder fitted on the fold's training rows
     RUN_DIR/fold_<k>/history.csv            epoch, lr, train_loss, val_loss, val_<metric>, seconds
     RUN_DIR/fold_<k>/{oof,test}.parquet     then DONE
-    RUN_DIR/{oof,test}.parquet, metrics.json, training_curves.png   once every fold is done
+    RUN_DIR/{oof,test}.parquet, metrics.json   once every fold is done (then the report's figures)
 
 Which weights predict the OOF (``eval.oof_epoch``): ``last`` (default) uses
 the final epoch, chosen without looking at the validation fold. ``best`` keeps
@@ -25,221 +25,39 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
 
 from melanet import metrics as M
 from melanet.cohort import labelled_mask, read_cohort
-from melanet.config import StageConfig, config_from_run, config_to_yaml
+from melanet.config import config_to_yaml
 from melanet.console import console, progress
-from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean, unknown_choice
+from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean
 from melanet.features import MetaEncoder, build_features
 from melanet.io import read_json, write_csv, write_json, write_text
-from melanet.runs import RunDir, TargetSpec, merge_folds, predictions_frame, read_exclude, resolve_target
+from melanet.report import after_stage
+from melanet.runs import (CONFIG_FILE, RunDir, TargetSpec, check_out_dir, check_run, comparable_config, fingerprint,
+                          merge_folds, predictions_frame, read_config, read_exclude, resolve_target, run_identity)
+from melanet.train import staged
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
-                                drop_meta, make_loader, mix_batch, to_nchw)
-from melanet.train.model import (FusionNet, check_backbone, fusion_loss, load_weights, pretrained_source,
-                                 probabilities, save_weights, soft_targets)
+                                drop_meta, make_loader, mix_batch, to_device, to_nchw)
+from melanet.train.device import (autocast, default_workers, gpu_memory_gib, loader_settings, make_fabric,
+                                  resolve_precision)
+from melanet.train.fusion_config import (_OPERATIONAL, EngineConfig, EvalConfig, FeaturesConfig, FusionConfig,
+                                         ModelConfig, TrainConfig, resolve_batch_and_lr)
+from melanet.train.model import (FusionNet, fusion_loss, load_weights, pretrained_source, probabilities,
+                                 save_weights, soft_targets)
+from melanet.train.optim import LRSchedule, param_groups
 
-# --------------------------------------------------------------------------- configuration
-
-
-class ModelConfig(StageConfig):
-    """FusionNet architecture."""
-
-    backbone: str = Field("efficientnet_b3", description="Any timm model name (timm.list_models()).")
-    pretrained: bool = Field(True, description="Start from pretrained weights (local file or cache only).")
-    pretrained_path: Path | None = Field(None, description="Local .safetensors/.pth weights for the backbone.")
-    use_meta: bool = Field(True, description="Fuse the metadata MLP; false gives the image-only baseline.")
-    meta_hidden: list[int] = Field([512, 128], description="Widths of the metadata MLP's two layers.")
-    meta_dropout: float = Field(0.3, ge=0, lt=1, description="Dropout between the metadata MLP's layers.")
-    head_dropout: float = Field(0.5, ge=0, lt=1, description="Dropout rate of each multi-sample-dropout mask.")
-    head_samples: int = Field(5, ge=1, le=32, description="Dropout masks averaged by the head.")
-    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth of the backbone (if supported).")
-    image_aux_weight: float = Field(
-        0.0, ge=0, description="Weight of an auxiliary image-only head's loss (deep supervision of the backbone "
-                               "so that metadata does not become a shortcut); 0 = no auxiliary head.")
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, name: str) -> str:
-        check_backbone(name)
-        return name
-
-    @field_validator("meta_hidden")
-    @classmethod
-    def _two_widths(cls, widths: list[int]) -> list[int]:
-        if len(widths) != 2 or min(widths) < 1:
-            raise ValueError("give two positive widths, e.g. [512, 128]")
-        return widths
-
-
-class FeaturesConfig(StageConfig):
-    """Metadata features (melanet.features.build_features, shared with the GBDT)."""
-
-    context: bool = Field(True, description="Add patient-context features (images per patient, age vs patient).")
-    drop: list[str] = Field([], description="Feature columns to leave out (e.g. transfer_syntax).")
-
-
-class TrainConfig(StageConfig):
-    """Optimisation and loader settings."""
-
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(32, ge=2, description="Images per step per process.")
-    lr: float = Field(2e-4, gt=0, description="Peak AdamW learning rate.")
-    min_lr: float = Field(1e-6, ge=0, description="Floor of the cosine / plateau schedule.")
-    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (not applied to biases and norms).")
-    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs (fractions allowed).")
-    scheduler: Literal["cosine", "plateau"] = Field(
-        "cosine", description="Cosine decay per step, or ReduceLROnPlateau on val_loss.")
-    plateau_patience: int = Field(1, ge=0, description="Epochs without val_loss improvement before the LR drops.")
-    plateau_factor: float = Field(0.5, gt=0, lt=1)
-    accumulate: int = Field(1, ge=1, description="Batches per optimiser step (gradient accumulation).")
-    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
-    imbalance: Literal["none", "pos_weight", "sampler", "focal"] = Field(
-        "none", description="pos_weight: weight classes by inverse frequency in the loss; sampler: class-balanced "
-                            "sampling; focal: focal loss with focal_gamma.")
-    focal_gamma: float = Field(2.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="Keep an exponential moving average of the weights (timm ModelEmaV3, with "
-                                      "warm-up) and predict with it; e.g. 0.99 for a few hundred steps. null = off.")
-    meta_drop_p: float = Field(0.0, ge=0, le=1, description="Per-sample probability of blanking all metadata.")
-    workers: int | Literal["auto"] = Field(
-        "auto", description="DataLoader workers per process; auto = 1 per spare core, at most 4.")
-    preload_max_mb: float = Field(2048, ge=0, description="Hold resized images in RAM when they fit in this many MB.")
-    channels_last: bool = Field(True, description="NHWC memory layout (faster convolutions on CPU and tensor cores).")
-
-    @field_validator("workers")
-    @classmethod
-    def _non_negative(cls, v):
-        if v != "auto" and v < 0:
-            raise ValueError("workers must be >= 0 or 'auto'")
-        return v
-
-
-class EvalConfig(StageConfig):
-    """Validation and prediction."""
-
-    tta: int = Field(8, ge=1, le=8, description="Dihedral flips averaged for OOF and test predictions (1 = none).")
-    batch_size: int | None = Field(None, ge=1, description="Prediction batch; default twice train.batch_size.")
-    oof_epoch: Literal["last", "best"] = Field(
-        "last", description="Weights that predict the OOF: last epoch, or best val metric (optimistic OOF).")
-
-
-class EngineConfig(StageConfig):
-    """Lightning Fabric settings; under torchrun ``auto`` devices/nodes come from the environment."""
-
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | Literal["auto"] = Field("auto", description="Processes (GPUs) per node.")
-    num_nodes: int | Literal["auto"] = "auto"
-    strategy: str = Field("auto", description="Fabric strategy: auto, ddp, ddp_spawn, fsdp, ...")
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
-        "auto", description="auto: bf16-mixed (or 16-mixed) on CUDA, 32-true elsewhere.")
-    threads: int = Field(0, ge=0, description="Torch CPU threads per process; 0 = cores / processes on this node.")
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, name: str) -> str:
-        from lightning.fabric.strategies import STRATEGY_REGISTRY
-
-        choices = ["auto", *STRATEGY_REGISTRY.available_strategies()]
-        if name not in choices:
-            raise unknown_choice("engine.strategy", name, choices)
-        return name
-
-
-class FusionConfig(StageConfig):
-    """Settings of ``melanet train-fusion`` (configs/fusion.yaml). Sizes in pixels."""
-
-    data_dir: Path
-    out_dir: Path
-    exclude: Path | None = Field(None, description="CSV with image_id of rows left out of training (still predicted).")
-    track: str = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
-    track_uri: str | None = None
-    seed: int = 42
-    target: str = Field("target", description="Label column: binary 0/1 or class names (e.g. diagnosis).")
-    positive_class: str | None = Field(None, description="Class whose probability is scored (multiclass targets).")
-    target_type: Literal["auto", "binary", "multiclass"] = Field(
-        "auto", description="auto: 0/1 is binary, other values need positive_class; multiclass: every value a class.")
-    image_size: int = Field(384, ge=16, le=2048, description="Training and prediction side, pixels.")
-    model: ModelConfig = ModelConfig()
-    features: FeaturesConfig = FeaturesConfig()
-    augment: AugmentConfig = AugmentConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    engine: EngineConfig = EngineConfig()
-
-
-# Keys that do not change what a fold learns: a resumed run may differ in them.
-_OPERATIONAL = {"data_dir", "out_dir", "track", "track_uri", "engine", "eval.batch_size", "train.workers",
-                "train.preload_max_mb"}
-
-
-# --------------------------------------------------------------------------- engine
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
-def resolve_precision(precision: str, device_type: str) -> str:
-    """``auto`` -> bf16-mixed (16-mixed without bf16) on CUDA, 32-true elsewhere."""
-    if precision != "auto":
-        return precision
-    if device_type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of a Fabric precision name (also used by :func:`predict`)."""
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def make_fabric(engine: EngineConfig):
-    """A launched Lightning Fabric; torchrun's LOCAL_WORLD_SIZE/WORLD_SIZE fill ``auto`` devices and nodes."""
-    from lightning.fabric import Fabric
-
-    devices, num_nodes = engine.devices, engine.num_nodes
-    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
-        local, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
-        devices = local if devices == "auto" else devices
-        num_nodes = max(1, world // local) if num_nodes == "auto" else num_nodes
-    num_nodes = 1 if num_nodes == "auto" else num_nodes
-    cuda = engine.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    precision = resolve_precision(engine.precision, "cuda" if cuda else "cpu")
-    fabric = Fabric(accelerator=engine.accelerator, devices=devices, num_nodes=num_nodes,
-                    strategy=engine.strategy, precision=precision)
-    fabric.launch()
-    local_procs = max(1, fabric.world_size // max(1, num_nodes))
-    torch.set_num_threads(engine.threads or max(1, _cores() // local_procs))
-    if fabric.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return fabric
-
-
-def default_workers(workers: int | str, world_size: int = 1) -> int:
-    """``auto``: one loader worker per core left after one per process, at most 4 per process."""
-    if workers != "auto":
-        return int(workers)
-    spare = _cores() - world_size
-    return max(0, min(4, spare // max(1, world_size)))
-
+__all__ = ["AugmentConfig", "EngineConfig", "EvalConfig", "FeaturesConfig", "FusionConfig", "ModelConfig", "TrainConfig",
+           "FoldTrainer", "autocast", "make_fabric", "merge", "predict", "predict_rows", "resolve_precision", "run"]
 
 # --------------------------------------------------------------------------- data
 
@@ -298,63 +116,26 @@ def load_cohort_data(cfg: FusionConfig, progress_bar=None) -> CohortData:
 # --------------------------------------------------------------------------- model, schedule, loop
 
 
+def resolve_run_config(cfg: FusionConfig, fabric) -> FusionConfig:
+    """``cfg`` with the batch size and learning rate fixed for Fabric's device and process count."""
+    return resolve_batch_and_lr(cfg, fabric.device.type, fabric.world_size, gpu_memory_gib(fabric.device))
+
+
+def _batch_line(asked: TrainConfig, used: TrainConfig, world: int) -> str:
+    line = f"batch {used.batch_size} x {world} process(es) x {used.accumulate} accumulated, lr {used.lr:.3g}"
+    if used.lr != asked.lr:
+        line += f" ({asked.lr_scaling} rule from lr {asked.lr:.3g} at batch {asked.lr_batch})"
+    return line
+
+
 def build_model(cfg: FusionConfig, n_meta: int, n_outputs: int) -> FusionNet:
     """FusionNet as the config describes it."""
     m = cfg.model
     model = FusionNet(m.backbone, n_meta, n_outputs, use_meta=m.use_meta, meta_hidden=m.meta_hidden,
                       meta_dropout=m.meta_dropout, head_dropout=m.head_dropout, head_samples=m.head_samples,
                       pretrained=m.pretrained, pretrained_path=m.pretrained_path, drop_path_rate=m.drop_path_rate,
-                      image_aux_head=m.image_aux_weight > 0)
+                      image_aux_head=m.image_aux_weight > 0 or cfg.train.meta_epochs > 0)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
-
-
-class LRSchedule:
-    """Linear warm-up, then per-step cosine decay to ``min_lr`` or ReduceLROnPlateau on val_loss."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int):
-        self.optimizer, self.train = optimizer, train
-        self.total = max(1, train.epochs * steps_per_epoch)
-        self.warmup = int(round(train.warmup_epochs * steps_per_epoch))
-        self.step_count = 0
-        self.plateau = None
-        if train.scheduler == "plateau":
-            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=train.plateau_factor, patience=train.plateau_patience, min_lr=train.min_lr)
-        self._set(self._lr(0))
-
-    def _lr(self, step: int) -> float:
-        lr, floor = self.train.lr, self.train.min_lr
-        if step < self.warmup:
-            return lr * (step + 1) / (self.warmup + 1)
-        if self.plateau is not None:
-            return lr
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    def _set(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def step(self) -> None:
-        """After each optimiser step."""
-        self.step_count += 1
-        if self.plateau is None or self.step_count <= self.warmup:
-            self._set(self._lr(self.step_count))
-
-    def epoch_end(self, val_loss: float) -> None:
-        if self.plateau is not None and self.step_count >= self.warmup and math.isfinite(val_loss):
-            self.plateau.step(val_loss)
-
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # Decaying biases and norm scales only shrinks them toward zero without regularising anything.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 class FoldTrainer:
@@ -365,13 +146,14 @@ class FoldTrainer:
     """
 
     def __init__(self, fabric, cfg: FusionConfig, data: CohortData, train_rows: np.ndarray, seed: int):
+        cfg = resolve_run_config(cfg, fabric)  # idempotent: run() has usually resolved it already
         self.fabric, self.cfg, self.data = fabric, cfg, data
         self.train_rows = train_rows
         self.encoder = MetaEncoder().fit(data.feats.iloc[train_rows])
         self.meta = self.encoder.transform(data.feats)
         n_out = data.n_outputs
         model = build_model(cfg, self.meta.shape[1], n_out)
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
         self.model, self.optimizer = fabric.setup(model, optimizer)
         self.raw = self.model.module
         self.rng = np.random.default_rng(seed)
@@ -396,15 +178,17 @@ class FoldTrainer:
             weights = 1.0 / np.maximum(counts, 1.0)[y]
             sampler = torch.utils.data.WeightedRandomSampler(weights.tolist(), len(y), replacement=True,
                                                              generator=torch.Generator().manual_seed(seed))
-        self.workers = default_workers(t.workers, fabric.world_size)
+        device_type = fabric.device.type
+        self.workers = default_workers(t.workers, fabric.world_size, device_type)
+        self.non_blocking = loader_settings(device_type, self.workers).non_blocking
         dataset = FusionDataset(data.store, train_rows, self.meta, data.labels,
                                 build_train_transform(cfg.augment, cfg.image_size, seed=seed))
         # BatchNorm cannot train on a batch of one: drop a ragged last batch when there is more than one.
         per_rank = len(train_rows) // max(1, fabric.world_size)
         loader = make_loader(dataset, t.batch_size, shuffle=True, sampler=sampler,
-                             drop_last=per_rank > t.batch_size, workers=self.workers,
-                             pin_memory=fabric.device.type == "cuda")
-        self.train_loader = fabric.setup_dataloaders(loader)
+                             drop_last=per_rank > t.batch_size, workers=self.workers, device_type=device_type)
+        # Batches are moved by train_epoch (non-blocking from pinned memory on CUDA), not by Fabric.
+        self.train_loader = fabric.setup_dataloaders(loader, move_to_device=False)
         self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / t.accumulate))
         self.schedule = LRSchedule(self.optimizer, t, self.steps_per_epoch)
         self.precision = resolve_precision(cfg.engine.precision, fabric.device.type)
@@ -419,6 +203,8 @@ class FoldTrainer:
 
         ``batches`` replaces the loader with ready (images, meta, label, row)
         batches on the device - scripts/bench_train.py times the step alone that way.
+        ``on_step(i, n_batches)`` is called after each batch. Nothing in the
+        loop waits for the device: the loss is summed on it and read once, at the end.
         """
         t, aug, fabric = self.cfg.train, self.cfg.augment, self.fabric
         mixing = (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0) and aug.mix_p > 0
@@ -427,7 +213,8 @@ class FoldTrainer:
         n_batches = len(batches)
         total = torch.zeros((), device=fabric.device)
         seen = 0
-        for i, (images, meta, y, _) in enumerate(batches):
+        for i, batch in enumerate(batches):
+            images, meta, y, _ = to_device(batch, fabric.device, self.non_blocking)
             images = to_nchw(images, t.channels_last)
             target = soft_targets(y, self.data.n_outputs, t.label_smoothing)
             meta = drop_meta(meta, t.meta_drop_p)
@@ -451,7 +238,7 @@ class FoldTrainer:
             total += loss.detach() * len(y)
             seen += len(y)
             if on_step is not None:
-                on_step(i + 1, n_batches, loss)
+                on_step(i + 1, n_batches)
         mean = total / max(seen, 1)
         if fabric.world_size > 1:
             mean = fabric.all_reduce(mean, reduce_op="mean")
@@ -497,17 +284,18 @@ def predict_rows(model: FusionNet, store: ImageStore, rows: np.ndarray, meta: np
     model.eval()
     dataset = FusionDataset(store, rows, meta)
     out = []
-    loader = make_loader(dataset, batch_size, workers=0 if store.images is not None else workers,
-                         pin_memory=device.type == "cuda")
+    workers = 0 if store.images is not None else workers
+    loader = make_loader(dataset, batch_size, workers=workers, device_type=device.type)
+    non_blocking = loader_settings(device.type, workers).non_blocking
     with autocast(device, precision):
-        for images, m, _, _ in loader:
-            images = to_nchw(images, channels_last).to(device, non_blocking=True)
-            m = m.to(device)
+        for batch in loader:
+            images, m, _, _ = to_device(batch, device, non_blocking)
+            images = to_nchw(images, channels_last)
             prob = sum(probabilities(model(dihedral(images, k), m)) for k in range(tta)) / tta
-            out.append(prob.float().cpu())
+            out.append(prob.float())  # stays on the device: one copy to the host at the end, not one per batch
     if not out:
         return np.zeros((0,) if model.head.out_features == 1 else (0, model.head.out_features), np.float32)
-    prob = torch.cat(out).double().numpy()
+    prob = torch.cat(out).cpu().double().numpy()
     # Averaged float32 softmaxes drift from summing to one; metrics check that.
     return prob / prob.sum(axis=1, keepdims=True) if prob.ndim == 2 else prob
 
@@ -528,23 +316,15 @@ def _val_metric(spec: TargetSpec, y: np.ndarray, prob: np.ndarray) -> tuple[str,
 # --------------------------------------------------------------------------- runner
 
 
-def _comparable(cfg_dump: dict) -> dict:
-    flat = pd.json_normalize(cfg_dump, sep=".").iloc[0].to_dict()
-    return {k: v for k, v in flat.items() if k not in _OPERATIONAL and k.split(".")[0] not in _OPERATIONAL}
+def identity(cfg: FusionConfig) -> tuple[str, dict]:
+    """The run id of ``cfg``: its comparable settings and the bytes of the cohort and exclude list."""
+    return run_identity("fusion", comparable_config(cfg.model_dump(mode="json"), _OPERATIONAL), {
+        "cohort": fingerprint(Path(cfg.data_dir) / "cohort.parquet"), "exclude": fingerprint(cfg.exclude)})
 
 
-def _check_same_config(run: RunDir, cfg: FusionConfig) -> None:
-    """Refuse to add folds to a run directory whose finished folds used another config."""
-    path = run.path / "config.yaml"
-    if not path.is_file() or not run.done_folds():
-        return
-    old = _comparable(config_from_run(FusionConfig, run.path).model_dump(mode="json"))
-    new = _comparable(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-        raise ConfigError(f"{run.path} holds finished folds trained with a different config ({shown}); "
-                          f"use a new --out, or delete {run.path} to start over")
+def rerun_command(cfg: FusionConfig) -> str:
+    out = Path(cfg.out_dir)
+    return f"melanet train-fusion --data {cfg.data_dir} --out {out} --config {out / 'config.yaml'} --resume"
 
 
 def _select_folds(all_folds: list[int], folds: list[int] | None) -> list[int]:
@@ -571,9 +351,12 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
                              f"the cohort's folds are too small to train on")
     rank0 = fabric.is_global_zero
     if rank0:  # retraining a finished fold: it is unfinished until the new DONE
-        (run.fold_dir(k) / "DONE").unlink(missing_ok=True)
+        run.unmark_done(k)
     fabric.seed_everything(cfg.seed + k, verbose=False)
     trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=cfg.seed + k)
+    staged_fit = cfg.train.meta_epochs > 0 and trainer.raw.meta is not None
+    if staged_fit:
+        staged.begin_image_stage(trainer.raw, trainer.predictor)
     history: list[dict] = []
     best: tuple[float, int, dict] | None = None
     y_val = data.labels[val_rows]
@@ -584,9 +367,9 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
         task = bar.add_task(f"fold {k} epoch {epoch}/{epochs}", total=len(trainer.train_loader), status="") \
             if rank0 else None
 
-        def on_step(i, n, loss, task=task):
+        def on_step(i, n, task=task):
             if task is not None and (i % 5 == 0 or i == n):
-                bar.update(task, completed=i, status=f"loss {float(loss.detach()):.4f}")
+                bar.update(task, completed=i)
 
         train_loss = trainer.train_epoch(on_step)
         prob = trainer.predict(val_rows, tta=1)
@@ -609,6 +392,14 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
     if best is not None:
         used = best[1]
         trainer.predictor.load_state_dict(best[2])
+    if staged_fit:
+        rows = staged.run_meta_stage(trainer, val_rows, lambda p: _val_metric(data.spec, y_val, p), epochs + 1)
+        history += rows
+        if rank0:
+            for row in rows:
+                console.print(_epoch_line(k, row, metric, epochs + cfg.train.meta_epochs), highlight=False,
+                              soft_wrap=True)
+            write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
     oof_prob = trainer.predict(val_rows, tta=cfg.eval.tta)
     test_prob = trainer.predict(test_rows, tta=cfg.eval.tta)
     info = {"fold": k, "epoch_used": used, "epochs": epochs, "seconds": round(time.perf_counter() - started, 2),
@@ -626,7 +417,7 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
                                    predictions_frame(cohort.iloc[test_rows], test_prob, data.spec))
         _, oof_value, _ = _val_metric(data.spec, y_val, oof_prob)
         info[f"oof_{metric.removeprefix('val_')}"] = oof_value
-        run.mark_done(k, info)
+        run.mark_done(k, info, files=["model.safetensors", "meta_encoder.json", "history.csv"])
     fabric.barrier()
     return info
 
@@ -642,9 +433,11 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
 
     from melanet.tracking import NullTracker, start_tracking
 
+    check_out_dir(cfg.out_dir)
     if cfg.model.pretrained:  # fail before loading data and starting processes
         pretrained_source(cfg.model.backbone, cfg.model.pretrained_path)
     fabric = make_fabric(cfg.engine)
+    asked, cfg = cfg.train, resolve_run_config(cfg, fabric)  # config.yaml records the resolved numbers
     rank0 = fabric.is_global_zero
     run_dir = RunDir(cfg.out_dir)
     started = time.perf_counter()
@@ -654,7 +447,7 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
         selected = _select_folds(all_folds, folds)
         todo = selected
         if rank0:
-            _check_same_config(run_dir, cfg)
+            run_dir.begin("fusion", identity(cfg), rerun_command(cfg), overwrite=cfg.overwrite)
             if resume:
                 todo = [k for k in selected if not run_dir.is_done(k)]
                 skipped = [k for k in selected if k not in todo]
@@ -665,10 +458,11 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
                           f"{int((~data.labelled).sum())} test), target {data.spec.column!r} "
                           f"({'binary' if data.spec.is_binary else f'{len(data.spec.classes)} classes'}), "
                           f"{cfg.model.backbone} at {cfg.image_size} px, meta={'on' if cfg.model.use_meta else 'off'}, "
-                          f"folds {todo}, {fabric.world_size} process(es) on {fabric.device.type}", highlight=False,
-                          soft_wrap=True)
+                          f"folds {todo}, {fabric.world_size} process(es) on {fabric.device.type}; "
+                          f"{_batch_line(asked, cfg.train, fabric.world_size)}", highlight=False, soft_wrap=True)
         # Rank 0 decides (its file system holds the run directory on multi-node jobs).
         todo = fabric.broadcast(todo, src=0)
+        run_dir.run_id, run_dir.kind = fabric.broadcast((run_dir.run_id, "fusion"), src=0)
         tracker = start_tracking(cfg.track, cfg.out_dir, cfg.track_uri,
                                  params=cfg.model_dump(mode="json")) if rank0 else NullTracker()
         try:
@@ -709,49 +503,22 @@ def _spec(info: dict) -> TargetSpec:
     return TargetSpec(column=info["target"], classes=info["classes"], positive_class=info["positive_class"])
 
 
-def plot_training_curves(run: RunDir, folds: list[int]) -> Path:
-    """``training_curves.png``: train/val loss, validation metric and learning rate per epoch, per fold."""
-    from melanet import plots
-
-    panels: dict[str, dict] = {"loss": {}, "validation metric": {}, "learning rate": {}}
-    for k in folds:
-        path = run.fold_dir(k) / "history.csv"
-        if not path.is_file():
-            continue
-        h = pd.read_csv(path)
-        x = h["epoch"].to_numpy()
-        metric = next(c for c in h.columns if c.startswith("val_") and c != "val_loss")
-        panels["loss"][f"fold {k} train"] = (x, h["train_loss"].to_numpy(float))
-        panels["loss"][f"fold {k} val"] = (x, h["val_loss"].to_numpy(float))
-        panels["validation metric"][f"fold {k} {metric.removeprefix('val_')}"] = (x, h[metric].to_numpy(float))
-        panels["learning rate"][f"fold {k}"] = (x, h["lr"].to_numpy(float))
-    out = run.path / "training_curves.png"
-    plots.save_png(plots.curves_plot({k: v for k, v in panels.items() if v}, "epoch"), out)
-    return out
-
-
 def merge(run_dir: str | Path) -> dict:
-    """Merge per-fold outputs into oof.parquet, test.parquet, metrics.json and training_curves.png.
+    """Merge per-fold outputs into oof.parquet, test.parquet and metrics.json, complete the run, then report it.
 
-    Refuses while a fold is missing. Writes report.html too when melanet.report is installed.
+    Refuses while a fold is missing. The report (report.html, training_curves.png...) is written by
+    :func:`melanet.report.after_stage`; a failed report leaves the complete run with a warning.
     """
-    run = RunDir(Path(run_dir))
+    run = RunDir.open(run_dir, "fusion", "melanet merge")
     info = _run_info(run)
     spec = _spec(info)
     _, _, metrics = merge_folds(run, info["folds"], spec)
-    plot_training_curves(run, info["folds"])
+    run.complete(["config.yaml", "oof.parquet", "test.parquet", "metrics.json"], folds=info["folds"])
     primary = metrics["primary_metric"]
     per_fold = "  ".join(f"{k}: {v.get(primary, float('nan')):.4f}" for k, v in metrics["per_fold"].items())
     console.print(f"OOF {primary} {metrics['overall'].get(primary, float('nan')):.4f}  (per fold {per_fold})",
                   highlight=False, soft_wrap=True)
-    try:
-        from melanet import report
-    except ImportError:
-        return metrics
-    try:
-        report.run(run.path)
-    except Exception as exc:  # the run's artifacts are complete; a report failure must not hide that
-        console.print(f"[yellow]warning:[/] report.html not written: {exc}")
+    after_stage(run.path)
     return metrics
 
 
@@ -767,26 +534,25 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
     returns {fold: that fold model's probabilities} (what a GBDT stacked on
     this run's scores maps fold model by fold model).
     """
-    run = RunDir(Path(run_dir))
-    cfg = config_from_run(FusionConfig, run.path)
+    record = check_run(run_dir, ("fusion",), reader="predict")
+    run = RunDir(record.path, run_id=record.run_id, kind="fusion")
+    cfg = read_config(record.verify(CONFIG_FILE).parent, FusionConfig)
     info = _run_info(run)
-    missing = [k for k in info["folds"] if not run.is_done(k)]
-    if missing:
-        raise ArtifactError(f"{run.path}: fold(s) {missing} are not finished; finish the run before predicting")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.engine.accelerator != "cpu" else "cpu"))
     precision = resolve_precision(cfg.engine.precision, dev.type)
+    cfg = resolve_batch_and_lr(cfg, dev.type, 1, gpu_memory_gib(dev))  # a hand-written config may say auto
     feats = meta_features(cohort, cfg.features)
     store = ImageStore(data_dir, cohort["image_path"].astype(str).tolist(), cfg.image_size, cfg.train.preload_max_mb)
     rows = np.arange(len(cohort))
     n_outputs = 1 if info["classes"] is None else len(info["classes"])
     probs: dict[int, np.ndarray] = {}
     for k in info["folds"]:
-        state = read_json(run.fold_dir(k) / "meta_encoder.json")
+        state = read_json(record.verify(f"fold_{k}/meta_encoder.json"))
         encoder = MetaEncoder.from_dict(state)
         meta = encoder.transform(feats)
         model = build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}),
                             meta.shape[1], n_outputs)
-        load_weights(model, run.fold_dir(k) / "model.safetensors").to(dev)
+        load_weights(model, record.verify(f"fold_{k}/model.safetensors")).to(dev)
         prob = predict_rows(model, store, rows, meta, tta=cfg.eval.tta,
                             batch_size=cfg.eval.batch_size or 2 * cfg.train.batch_size, device=dev,
                             precision=precision, channels_last=cfg.train.channels_last)

@@ -2,8 +2,11 @@
 
 The ISIC 2024 winners' recipe: gradient-boosted trees on header metadata (sex,
 age, site, ... with categoricals handled natively by the engine and missing
-values kept missing) plus patient-context features (images per patient, each
-value relative to the same patient's mean/std and rank), optionally with
+values kept missing) and the lesion descriptors ingest measured from the pixels
+(``lesion_*``, :mod:`melanet.descriptors`; ``features.descriptors``), plus
+patient-context features (images per patient, each value relative to the same
+patient's mean/std and rank, the "ugly duckling" distance of the descriptor
+vector from the patient's other lesions), optionally with
 image-model out-of-fold scores as features or, by default, as the starting
 margin the trees correct (``with_oof_mode``, :mod:`melanet.train.offset`). Features come from
 :func:`melanet.features.build_features`, the code FusionNet's metadata branch
@@ -61,13 +64,15 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from melanet import features as F
 from melanet.cohort import DICOM_COLUMNS, labelled_mask, read_cohort
+from melanet.descriptors import LESION_COLUMNS
 from melanet.config import StageConfig, config_from_run, config_to_yaml
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, did_you_mean, unknown_choice
 from melanet.io import read_json, write_csv, write_json, write_text
 from melanet.optional import require
-from melanet.runs import (RunDir, read_exclude, TargetSpec, evaluate, merge_folds, predictions_frame, read_run,
-                          resolve_target, spec_from_metrics)
+from melanet.runs import (RunDir, read_exclude, TargetSpec, check_out_dir, check_run, comparable_config, evaluate,
+                          fingerprint, merge_folds, predictions_frame, read_run, resolve_target, run_identity,
+                          spec_from_metrics)
 from melanet.tracking import BACKENDS, start_tracking
 from melanet.train.offset import resolve_mode as resolve_oof_mode
 from melanet.train.small_data import SmallDataConfig
@@ -146,8 +151,11 @@ class TreeModel:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
 
     def _error(self, exc: Exception) -> ConfigError:
-        return ConfigError(f"{self.name} rejected the parameters {self.params}: {exc}; "
-                           f"fix the `{self.name}:` section of the config")
+        # The engine's own words, on one line, without the C++ source location it appends.
+        why = re.sub(r"\s+at \S+\.(cpp|cc|h), line \d+\s*\.?", "", " ".join(str(exc).split())).strip()
+        why = re.sub(r"^\[[\d:]+\] ", "", why)
+        return ConfigError(f"{self.name} rejected a parameter ({why}); fix the `{self.name}:` section of the config "
+                           f"or the --set {self.name}.<name>=... override")
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, X_valid: pd.DataFrame | None = None,
             y_valid: np.ndarray | None = None, margin: np.ndarray | None = None,
@@ -504,6 +512,8 @@ class FeatureConfig(StageConfig):
                                             "context column vs the patient's mean, std, rank and range.")
     context_columns: list[str] = Field(default_factory=lambda: list(F.CONTEXT_DEFAULT),
                                        description="Numeric columns that get patient-context features.")
+    descriptors: bool = Field(True, description="Add the cohort's lesion_* descriptors (from ingest) as numeric "
+                                                "features, with patient context and the ugly-duckling distance.")
 
 
 class GBDTConfig(StageConfig):
@@ -559,6 +569,7 @@ class GBDTConfig(StageConfig):
     track: str = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
     track_uri: str | None = Field(None, description="MLflow tracking URI.")
     report: bool = Field(True, description="Write report.html (as `melanet report`) after training.")
+    overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
 
     @field_validator("positive_class", mode="before")
     @classmethod
@@ -641,6 +652,26 @@ def engine_params(cfg: GBDTConfig) -> dict[str, Any]:
     return dict(getattr(cfg, cfg.engine))
 
 
+# Keys that do not change what a run computes: a resumed run may differ in them (see melanet.runs).
+_OPERATIONAL = {"data_dir", "out_dir", "track", "track_uri", "report", "n_jobs", "scheduler", "dask_workers",
+                "overwrite", "exclude", "with_oof"}
+
+
+def identity(cfg: GBDTConfig, with_oof_ids: list[str]) -> tuple[str, dict]:
+    """The run id of ``cfg``: its comparable settings, the cohort's and exclude list's bytes, the input runs' ids."""
+    return run_identity("gbdt", comparable_config(cfg.model_dump(mode="json"), _OPERATIONAL), {
+        "cohort": fingerprint(Path(cfg.data_dir) / "cohort.parquet"), "exclude": fingerprint(cfg.exclude),
+        "with_oof": with_oof_ids})
+
+
+def check_engine_params(cfg: GBDTConfig, params: dict[str, Any], spec: TargetSpec, X: pd.DataFrame,
+                        y: np.ndarray) -> None:
+    """Boost one round on a few rows in this process, so that the engine rejects bad parameter values
+    (``num_leaves: -3``) with a ConfigError before the run folder is touched, not in fold 0."""
+    rows = np.arange(min(len(X), 64))
+    get_engine(cfg.engine)(params, n_classes_of(spec), 1, None, cfg.seed, 1).fit(X.iloc[rows], y[rows])
+
+
 def resolve_n_jobs(n_jobs: int) -> int:
     """Threads to use: ``n_jobs``, or every core this process may run on when 0."""
     if n_jobs > 0:
@@ -704,10 +735,17 @@ def feature_table(cohort: pd.DataFrame, fcfg: FeatureConfig, extra: pd.DataFrame
             if col not in cohort.columns:
                 raise ConfigError(f"{key}: column {col!r} is not in the cohort"
                                   f"{did_you_mean(col, cohort.columns)}; cohort columns: {list(cohort.columns)}")
-            if col not in DICOM_COLUMNS:
+            if col not in DICOM_COLUMNS and col not in LESION_COLUMNS:
                 console.print(f"[yellow]warning:[/] {key}: {col!r} comes from the labels table; "
                               f"make sure it is not derived from the label", highlight=False)
-    context_columns = list(fcfg.context_columns)
+    context_columns, numeric, descriptors = list(fcfg.context_columns), list(fcfg.numeric), []
+    if fcfg.descriptors:
+        descriptors = [c for c in F.descriptor_columns(cohort) if c not in numeric]
+        if not descriptors:
+            console.print("[yellow]warning:[/] features.descriptors is on but the cohort has no lesion_* columns "
+                          "(ingested with descriptors=false?); training without them", highlight=False)
+        numeric += descriptors
+        context_columns += [c for c in descriptors if c not in context_columns]
     if extra is not None and extra_context:
         context_columns += list(extra.columns)
     # Patient statistics are float sums whose last bits depend on row order; a canonical order makes a
@@ -716,7 +754,7 @@ def feature_table(cohort: pd.DataFrame, fcfg: FeatureConfig, extra: pd.DataFrame
                         pd.factorize(cohort["patient_id"].astype(str), sort=True)[0]))
     feats = F.build_features(cohort.iloc[order], context=fcfg.context,
                              extra=None if extra is None else extra.iloc[order], context_columns=context_columns,
-                             categorical=fcfg.categorical, numeric=fcfg.numeric)
+                             categorical=fcfg.categorical, numeric=numeric, duckling_columns=descriptors)
     return feats.iloc[np.argsort(order)]
 
 
@@ -952,9 +990,13 @@ def monotone_params(cfg: GBDTConfig, params: dict[str, Any], columns: list[str],
     return {**params, "monotone_constraints": signs}
 
 
-def run(cfg: GBDTConfig) -> dict:
-    """Train one model per fold on ``cfg.data_dir``'s cohort; write ``cfg.out_dir``; return its metrics."""
+def run(cfg: GBDTConfig, resume: bool = False) -> dict:
+    """Train one model per fold on ``cfg.data_dir``'s cohort; write ``cfg.out_dir``; return its metrics.
+
+    ``resume`` keeps the folds an interrupted run of the same settings and data finished.
+    """
     started = time.perf_counter()
+    check_out_dir(cfg.out_dir)
     engine = get_engine(cfg.engine)
     n_jobs = resolve_n_jobs(cfg.n_jobs)
     cohort = read_cohort(cfg.data_dir)
@@ -976,6 +1018,7 @@ def run(cfg: GBDTConfig) -> dict:
     if len(folds) < 2:
         raise ArtifactError(f"{cfg.data_dir}: the labelled rows of cohort.parquet span {len(folds)} fold(s); "
                             f"re-run `melanet ingest` with --folds 5")
+    check_engine_params(cfg, engine_params(cfg), spec, X, y)
 
     cfg, small_lines = resolve_small_data(cfg, int(trainable.sum()))
     mode, mode_line = resolve_oof_mode(cfg.with_oof_mode, cfg.with_oof, spec.is_binary)
@@ -985,7 +1028,13 @@ def run(cfg: GBDTConfig) -> dict:
     if small_lines:
         console.print(f"train-gbdt: {int(trainable.sum())} labelled training rows < small_data.max_rows "
                       f"{cfg.small_data.max_rows}: small-data settings -> " + "; ".join(small_lines), highlight=False)
-    out = RunDir(cfg.out_dir, folds)
+    out = RunDir(cfg.out_dir, folds).begin(
+        "gbdt", identity(cfg, [check_run(r).run_id for r in cfg.with_oof]),
+        f"melanet train-gbdt --data {cfg.data_dir} --out {cfg.out_dir} --config {Path(cfg.out_dir) / 'config.yaml'} "
+        f"--resume", overwrite=cfg.overwrite)
+    todo = [k for k in folds if not (resume and out.is_done(k))]
+    if len(todo) < len(folds):
+        console.print(f"resume: fold(s) {[k for k in folds if k not in todo]} already done, skipping")
     write_text(out.path / "config.yaml", config_to_yaml(cfg))
     tracker = start_tracking(cfg.track, out.path, cfg.track_uri, params=cfg.model_dump(mode="json"))
     with contextlib.ExitStack() as stack:
@@ -1006,11 +1055,13 @@ def run(cfg: GBDTConfig) -> dict:
         make = model_factory(cfg, monotone_params(cfg, params, list(X.columns),
                                                   [] if extra is None else list(extra.columns)),
                              spec, n_jobs, client)
-        gains: dict[int, pd.Series] = {}
+        gains: dict[int, pd.Series] = {k: engine.load(out.fold_dir(k) / engine.model_file, n_classes_of(spec),
+                                                      n_jobs).feature_gain() for k in folds if k not in todo}
         fold_start = time.perf_counter()
         for k, val, model in iter_fold_models(X, y, rows["fold"].to_numpy(), groups, trainable, make,
-                                              cfg.inner_valid_fraction, cfg.seed, folds, refit=cfg.refit,
+                                              cfg.inner_valid_fraction, cfg.seed, todo, refit=cfg.refit,
                                               inner_splits=cfg.inner_splits):
+            out.unmark_done(k)
             idx = np.flatnonzero(val)
             oof_k = predictions_frame(rows.iloc[idx], class_prob(model.predict_proba(X.iloc[idx]), spec), spec)
             test_k = (predictions_frame(test_rows, class_prob(model.predict_proba(X_test), spec), spec)
@@ -1022,15 +1073,20 @@ def run(cfg: GBDTConfig) -> dict:
                               "n_train": model.n_train_, "n_early_stopping": model.n_early_stopping_,
                               "n_excluded": int((~val & ~trainable).sum()),
                               "inner_best_rounds": [int(r) for r in getattr(model, "inner_best_rounds_", [])],
-                              "seconds": round(time.perf_counter() - fold_start, 3)})
+                              "seconds": round(time.perf_counter() - fold_start, 3)},
+                          files=[engine.model_file, "history.csv", *getattr(model, "saved_files", [])])
             fold_start = time.perf_counter()
             gains[k] = model.feature_gain()
         _, _, metrics = merge_folds(out, folds, spec)
         for k, fold_metrics in metrics["per_fold"].items():
             tracker.log_metrics({"fold": fold_metrics}, step=int(k))
-        importance = importance_table(gains)
+        importance = importance_table(dict(sorted(gains.items())))
         write_csv(out.path / "feature_importance.csv", importance)
         _importance_plot(importance, out.path / "feature_importance.png", engine.name)
+        # figures are not recorded: `melanet report` redraws them
+        out.complete(["config.yaml", FEATURES_FILE, "oof.parquet", "test.parquet", "metrics.json",
+                      "feature_importance.csv"]
+                     + (["tune.json", "tune_trials.csv"] if cfg.tune else []))
         tracker.log_metrics({"overall": metrics["overall"]})
         for name in ("config.yaml", "metrics.json", "oof.parquet", "test.parquet", "feature_importance.csv",
                      "feature_importance.png"):
@@ -1128,8 +1184,9 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, extra: pd.DataFrame | Non
     from melanet.train.stacking import ScoreScaler
 
     run_dir = Path(run_dir)
-    cfg = config_from_run(GBDTConfig, run_dir)
-    info = read_json(run_dir / FEATURES_FILE)
+    record = check_run(run_dir, ("gbdt",), reader="predict")
+    cfg = config_from_run(GBDTConfig, record.verify("config.yaml").parent)
+    info = read_json(record.verify(FEATURES_FILE))
     columns = info["oof_columns"]
     scaling = info.get("oof_scaling", {})
     features = None
@@ -1161,12 +1218,15 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, extra: pd.DataFrame | Non
     X = apply_schema(feature_table(cohort, cfg.features, features, cfg.with_oof_context, cfg.target), info)
     spec = TargetSpec(column=cfg.target, classes=info["classes"], positive_class=cfg.positive_class)
     engine, n_jobs = get_engine(cfg.engine), resolve_n_jobs(cfg.n_jobs)
-    load = engine.load
-    # a run from before with_oof_mode existed stacked its scores as features only
-    if columns and read_yaml_key(run_dir / "config.yaml", "with_oof_mode", "feature") == "offset":
-        from melanet.train.offset import OffsetModel
+    def load(k: int) -> TreeModel:
+        path = record.verify(f"fold_{k}/{engine.model_file}")
+        # a run from before with_oof_mode existed stacked its scores as features only
+        if columns and read_yaml_key(path.parent.parent / "config.yaml", "with_oof_mode", "feature") == "offset":
+            from melanet.train.offset import OFFSET_FILE, OffsetModel
 
-        load = functools.partial(OffsetModel.load, engine)
-    probs = {int(k): class_prob(load(run_dir / f"fold_{k}" / engine.model_file, n_classes_of(spec), n_jobs)
-                                .predict_proba(X), spec) for k in info["folds"]}
+            record.verify(f"fold_{k}/{OFFSET_FILE}")
+            return OffsetModel.load(engine, path, n_classes_of(spec), n_jobs)
+        return engine.load(path, n_classes_of(spec), n_jobs)
+
+    probs = {int(k): class_prob(load(k).predict_proba(X), spec) for k in info["folds"]}
     return probs if per_fold else np.mean(list(probs.values()), axis=0)

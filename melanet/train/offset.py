@@ -202,6 +202,11 @@ class OffsetModel:
             raise RuntimeError("OffsetModel is not fitted; call fit() first")
         return self.tree.predict_proba(X, margin=self.offset_.margin(X))
 
+    @property
+    def saved_files(self) -> list[str]:
+        """Files :meth:`save` writes beside the booster (recorded in the fold's DONE)."""
+        return [OFFSET_FILE]
+
     def save(self, path: str | Path) -> None:
         """The booster to ``path`` and the offset to ``offset.json`` beside it."""
         self.tree.save(path)
