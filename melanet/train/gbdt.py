@@ -7,7 +7,8 @@ values kept missing) and the lesion descriptors ingest measured from the pixels
 patient-context features (images per patient, each value relative to the same
 patient's mean/std and rank, the "ugly duckling" distance of the descriptor
 vector from the patient's other lesions), optionally with
-image-model out-of-fold scores as features. Features come from
+image-model out-of-fold scores as features or, by default, as the starting
+margin the trees correct (``with_oof_mode``, :mod:`melanet.train.offset`). Features come from
 :func:`melanet.features.build_features`, the code FusionNet's metadata branch
 uses too.
 
@@ -21,6 +22,7 @@ Written to ``OUT_DIR`` (DESIGN.md "Runs")::
     config.yaml                 resolved config (tuned parameters included)
     features.json               feature columns, categorical levels, classes, folds (read by predict)
     fold_<k>/model.txt|json     the fold's booster in the engine's own format
+    fold_<k>/offset.json        with_oof_mode: offset: the image-score offset it boosts from (melanet/train/offset.py)
     fold_<k>/history.csv        early-stopping metric per round on the inner split
     fold_<k>/{oof,test}.parquet, fold_<k>/DONE
     oof.parquet, test.parquet, metrics.json
@@ -72,6 +74,7 @@ from melanet.runs import (RunDir, read_exclude, TargetSpec, check_out_dir, check
                           fingerprint, merge_folds, predictions_frame, read_run, resolve_target, run_identity,
                           spec_from_metrics)
 from melanet.tracking import BACKENDS, start_tracking
+from melanet.train.offset import resolve_mode as resolve_oof_mode
 from melanet.train.small_data import SmallDataConfig
 
 FEATURES_FILE = "features.json"
@@ -155,19 +158,29 @@ class TreeModel:
                            f"or the --set {self.name}.<name>=... override")
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, X_valid: pd.DataFrame | None = None,
-            y_valid: np.ndarray | None = None) -> "TreeModel":
-        """Boost on ``X, y``; with ``X_valid, y_valid`` stop early on them. Returns self."""
-        self._fit(X, y, X_valid, y_valid)
+            y_valid: np.ndarray | None = None, margin: np.ndarray | None = None,
+            margin_valid: np.ndarray | None = None) -> "TreeModel":
+        """Boost on ``X, y``; with ``X_valid, y_valid`` stop early on them. Returns self.
+
+        ``margin`` / ``margin_valid`` (binary only): each row's starting log-odds
+        (LightGBM ``init_score``, XGBoost ``base_margin``), so the trees learn
+        corrections to it; ``predict_proba`` then needs the same rows' margin.
+        See :mod:`melanet.train.offset`.
+        """
+        if margin is not None and (self.n_classes > 2 or self.client is not None):
+            raise ConfigError("with_oof_mode: offset needs a binary target and backend: local; "
+                              "set with_oof_mode: feature")
+        self._fit(X, y, X_valid, y_valid, margin, margin_valid)
         self.n_train_ = len(X)
         self.n_early_stopping_ = 0 if X_valid is None else len(X_valid)
         return self
 
     # Subclasses implement these.
     def _fit(self, X: pd.DataFrame, y: np.ndarray, X_valid: pd.DataFrame | None,
-             y_valid: np.ndarray | None) -> None:
+             y_valid: np.ndarray | None, margin: np.ndarray | None, margin_valid: np.ndarray | None) -> None:
         raise NotImplementedError
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, X: pd.DataFrame, margin: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
     def feature_gain(self) -> pd.Series:
@@ -241,7 +254,7 @@ class LightGBMModel(TreeModel):
             params.update(objective="binary")
         return params
 
-    def _fit(self, X, y, X_valid, y_valid):
+    def _fit(self, X, y, X_valid, y_valid, margin=None, margin_valid=None):
         import lightgbm as lgb
 
         stopping = X_valid is not None and bool(self.early_stopping_rounds)
@@ -250,7 +263,8 @@ class LightGBMModel(TreeModel):
         history: dict = {}
         try:
             if self.client is None:
-                self.booster_ = self._boost_local(X, y, X_valid if stopping else None, y_valid, history)
+                self.booster_ = self._boost_local(X, y, X_valid if stopping else None, y_valid, history,
+                                                  margin, margin_valid)
             else:
                 self.booster_ = self._boost_dask(X, y)
         except lgb.basic.LightGBMError as exc:
@@ -258,13 +272,13 @@ class LightGBMModel(TreeModel):
         self.best_iteration_ = self.booster_.best_iteration or self.booster_.current_iteration()
         self.history_ = pd.DataFrame(history.get("valid", {}))
 
-    def _boost_local(self, X, y, X_valid, y_valid, history: dict):
+    def _boost_local(self, X, y, X_valid, y_valid, history: dict, margin=None, margin_valid=None):
         import lightgbm as lgb
 
-        train = lgb.Dataset(X, y)
+        train = lgb.Dataset(X, y, init_score=margin)
         valid_sets, callbacks = [], []
         if X_valid is not None:
-            valid_sets = [lgb.Dataset(X_valid, y_valid, reference=train)]
+            valid_sets = [lgb.Dataset(X_valid, y_valid, reference=train, init_score=margin_valid)]
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False),
                          lgb.record_evaluation(history)]
         return lgb.train(self._train_params(), train, self.num_boost_round, valid_sets=valid_sets,
@@ -284,9 +298,15 @@ class LightGBMModel(TreeModel):
             model.fit(*dask_frames(self.client, X, y))
         return model.to_local().booster_
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, margin=None):
         self._check()
-        return self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=self.n_jobs)
+        if margin is None:
+            return self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=self.n_jobs)
+        from scipy.special import expit
+
+        # init_score is not part of the booster: add it back to the trees' raw sum
+        raw = self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=self.n_jobs, raw_score=True)
+        return expit(raw + np.asarray(margin, dtype=float))
 
     def feature_gain(self):
         self._check()
@@ -384,18 +404,18 @@ class XGBoostModel(TreeModel):
             params.update(objective="binary:logistic")
         return params
 
-    def _matrix(self, X: pd.DataFrame, y: np.ndarray | None = None):
+    def _matrix(self, X: pd.DataFrame, y: np.ndarray | None = None, margin: np.ndarray | None = None):
         import xgboost as xgb
 
-        return xgb.DMatrix(X, y, enable_categorical=True, nthread=self.n_jobs)
+        return xgb.DMatrix(X, y, base_margin=margin, enable_categorical=True, nthread=self.n_jobs)
 
-    def _fit(self, X, y, X_valid, y_valid):
+    def _fit(self, X, y, X_valid, y_valid, margin=None, margin_valid=None):
         import xgboost as xgb
 
         stopping = self.early_stopping_rounds if X_valid is not None and self.early_stopping_rounds else None
         boost = self._boost_local if self.client is None else self._boost_dask
         try:
-            booster, history = boost(X, y, X_valid if stopping else None, y_valid, stopping)
+            booster, history = boost(X, y, X_valid if stopping else None, y_valid, stopping, margin, margin_valid)
         except xgb.core.XGBoostError as exc:
             raise self._error(exc) from None
         kept = booster.best_iteration + 1 if stopping else booster.num_boosted_rounds()
@@ -404,16 +424,16 @@ class XGBoostModel(TreeModel):
         self.best_iteration_ = kept
         self.history_ = pd.DataFrame(history.get("valid", {}))
 
-    def _boost_local(self, X, y, X_valid, y_valid, stopping: int | None):
+    def _boost_local(self, X, y, X_valid, y_valid, stopping: int | None, margin=None, margin_valid=None):
         import xgboost as xgb
 
         history: dict = {}
-        evals = [] if X_valid is None else [(self._matrix(X_valid, y_valid), "valid")]
-        booster = xgb.train(self._train_params(), self._matrix(X, y), self.num_boost_round, evals=evals,
+        evals = [] if X_valid is None else [(self._matrix(X_valid, y_valid, margin_valid), "valid")]
+        booster = xgb.train(self._train_params(), self._matrix(X, y, margin), self.num_boost_round, evals=evals,
                             early_stopping_rounds=stopping, evals_result=history, verbose_eval=False)
         return booster, history
 
-    def _boost_dask(self, X, y, X_valid, y_valid, stopping: int | None):
+    def _boost_dask(self, X, y, X_valid, y_valid, stopping: int | None, margin=None, margin_valid=None):
         import xgboost.dask as dxgb
 
         def matrix(X_part, y_part):
@@ -426,9 +446,10 @@ class XGBoostModel(TreeModel):
                          early_stopping_rounds=stopping, verbose_eval=False)
         return out["booster"], out["history"]
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, margin=None):
         self._check()
-        return self.booster_.predict(self._matrix(X))
+        # base_margin replaces base_score, so a model boosted from a margin predicts from the same margin
+        return self.booster_.predict(self._matrix(X, margin=margin))
 
     def feature_gain(self):
         self._check()
@@ -539,6 +560,10 @@ class GBDTConfig(StageConfig):
     with_oof_scale: str = Field("rank", description="How image-model scores enter: rank (percentile among the "
                                                     "producing fold model's OOF scores), logit (fold-standardised "
                                                     "logit) or raw; see melanet/train/stacking.py.")
+    with_oof_mode: str = Field("offset", description="offset: boost from a logistic fit of the image-model "
+                                                     "scores (the trees learn corrections; binary targets); "
+                                                     "feature: the scores are only features. "
+                                                     "See melanet/train/offset.py.")
     tune: int = Field(0, ge=0, description="Optuna trials over the main hyper-parameters (0 = off).")
     exclude: Path | None = Field(None, description="CSV with image_id of rows not to train on (still predicted).")
     track: str = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
@@ -565,6 +590,15 @@ class GBDTConfig(StageConfig):
 
         if value not in SCALES:
             raise ValueError(str(unknown_choice("with_oof_scale", value, SCALES)))
+        return value
+
+    @field_validator("with_oof_mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        from melanet.train.offset import MODES
+
+        if value not in MODES:
+            raise ValueError(str(unknown_choice("with_oof_mode", value, MODES)))
         return value
 
     @field_validator("track")
@@ -659,9 +693,15 @@ def backend_client(cfg: GBDTConfig, n_jobs: int) -> Iterator[Any]:
 
 def model_factory(cfg: GBDTConfig, params: dict[str, Any], spec: TargetSpec, n_jobs: int,
                   client: Any = None) -> Callable[[], TreeModel]:
-    """A maker of unfitted fold models of ``cfg.engine`` with ``params`` (boosting on ``client`` if given)."""
-    return functools.partial(get_engine(cfg.engine), params, n_classes_of(spec), cfg.num_boost_round,
+    """A maker of unfitted fold models of ``cfg.engine`` with ``params`` (boosting on ``client`` if given);
+    with ``with_oof_mode: offset`` they boost from the image-model scores (:mod:`melanet.train.offset`)."""
+    make = functools.partial(get_engine(cfg.engine), params, n_classes_of(spec), cfg.num_boost_round,
                              cfg.early_stopping_rounds, cfg.seed, n_jobs, client)
+    if cfg.with_oof and cfg.with_oof_mode == "offset":
+        from melanet.train.offset import offset_factory
+
+        return offset_factory(make, oof_feature_names(cfg.with_oof), cfg.with_oof_scale)
+    return make
 
 
 # --------------------------------------------------------------------------- features (pure)
@@ -671,6 +711,11 @@ def oof_feature_name(run_dir: str | Path, index: int) -> str:
     """Feature column holding image-model run number ``index``'s score (``oof0_fusion``)."""
     stem = re.sub(r"[^0-9A-Za-z_]+", "_", Path(str(run_dir)).name).strip("_") or "run"
     return f"oof{index}_{stem}"
+
+
+def oof_feature_names(runs: Sequence[str | Path]) -> list[str]:
+    """Feature columns of the ``with_oof`` runs' scores, in order."""
+    return [oof_feature_name(run, i) for i, run in enumerate(runs)]
 
 
 def feature_table(cohort: pd.DataFrame, fcfg: FeatureConfig, extra: pd.DataFrame | None = None,
@@ -842,15 +887,18 @@ def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: n
         train = np.flatnonzero(~val & trainable)
         model = make_model()
         if model.early_stopping_rounds:
-            best, first = [], None
+            best, first, stopped_models = [], None, []
             for s in range(max(1, inner_splits) if refit else 1):
                 fit, stop = inner_split(y[train], groups[train], inner_valid_fraction, seed + int(k) + 1000 * s)
                 fit, stop = train[fit], train[stop]
                 stopped = make_model().fit(X.iloc[fit], y[fit], X.iloc[stop], y[stop])
                 best.append(stopped.best_iteration_)
+                stopped_models.append(stopped)
                 first = stopped if first is None else first
             if refit:
-                rounds = int(round(float(np.mean(best))))
+                # a model that can start from no trees at all (offset mode) picks its own count from all splits
+                rounds = (first.choose_rounds(stopped_models) if hasattr(first, "choose_rounds")
+                          else int(round(float(np.mean(best)))))
                 model = first.with_rounds(refit_rounds(rounds, inner_valid_fraction)).fit(X.iloc[train], y[train])
                 model.history_, model.n_early_stopping_ = first.history_, first.n_early_stopping_
                 model.inner_best_rounds_ = best
@@ -973,6 +1021,10 @@ def run(cfg: GBDTConfig, resume: bool = False) -> dict:
     check_engine_params(cfg, engine_params(cfg), spec, X, y)
 
     cfg, small_lines = resolve_small_data(cfg, int(trainable.sum()))
+    mode, mode_line = resolve_oof_mode(cfg.with_oof_mode, cfg.with_oof, spec.is_binary)
+    if mode_line:
+        cfg = cfg.model_copy(update={"with_oof_mode": mode})
+        console.print(f"train-gbdt: {mode_line}", highlight=False)
     if small_lines:
         console.print(f"train-gbdt: {int(trainable.sum())} labelled training rows < small_data.max_rows "
                       f"{cfg.small_data.max_rows}: small-data settings -> " + "; ".join(small_lines), highlight=False)
@@ -1022,7 +1074,7 @@ def run(cfg: GBDTConfig, resume: bool = False) -> dict:
                               "n_excluded": int((~val & ~trainable).sum()),
                               "inner_best_rounds": [int(r) for r in getattr(model, "inner_best_rounds_", [])],
                               "seconds": round(time.perf_counter() - fold_start, 3)},
-                          files=[engine.model_file, "history.csv"])
+                          files=[engine.model_file, "history.csv", *getattr(model, "saved_files", [])])
             fold_start = time.perf_counter()
             gains[k] = model.feature_gain()
         _, _, metrics = merge_folds(out, folds, spec)
@@ -1045,6 +1097,13 @@ def run(cfg: GBDTConfig, resume: bool = False) -> dict:
     if cfg.report:
         _report(out.path)
     return metrics
+
+
+def read_yaml_key(path: Path, key: str, default: Any) -> Any:
+    """Top-level ``key`` of the YAML file ``path`` as written, or ``default`` when the file lacks it."""
+    import yaml
+
+    return (yaml.safe_load(path.read_text()) or {}).get(key, default)
 
 
 def history_table(history: pd.DataFrame) -> pd.DataFrame:
@@ -1159,6 +1218,15 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, extra: pd.DataFrame | Non
     X = apply_schema(feature_table(cohort, cfg.features, features, cfg.with_oof_context, cfg.target), info)
     spec = TargetSpec(column=cfg.target, classes=info["classes"], positive_class=cfg.positive_class)
     engine, n_jobs = get_engine(cfg.engine), resolve_n_jobs(cfg.n_jobs)
-    probs = {int(k): class_prob(engine.load(record.verify(f"fold_{k}/{engine.model_file}"), n_classes_of(spec),
-                                            n_jobs).predict_proba(X), spec) for k in info["folds"]}
+    def load(k: int) -> TreeModel:
+        path = record.verify(f"fold_{k}/{engine.model_file}")
+        # a run from before with_oof_mode existed stacked its scores as features only
+        if columns and read_yaml_key(path.parent.parent / "config.yaml", "with_oof_mode", "feature") == "offset":
+            from melanet.train.offset import OFFSET_FILE, OffsetModel
+
+            record.verify(f"fold_{k}/{OFFSET_FILE}")
+            return OffsetModel.load(engine, path, n_classes_of(spec), n_jobs)
+        return engine.load(path, n_classes_of(spec), n_jobs)
+
+    probs = {int(k): class_prob(load(k).predict_proba(X), spec) for k in info["folds"]}
     return probs if per_fold else np.mean(list(probs.values()), axis=0)
