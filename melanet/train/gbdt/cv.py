@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
 from melanet.errors import ArtifactError
 from melanet.optional import require
@@ -81,7 +82,8 @@ def iter_fold_models(X: pd.DataFrame, y: np.ndarray, fold: np.ndarray, groups: n
                 first = stopped if first is None else first
             if refit:
                 rounds = int(round(float(np.mean(best))))
-                model = first.with_rounds(refit_rounds(rounds, inner_valid_fraction)).fit(X.iloc[train], y[train])
+                model = clone(first).set_params(num_boost_round=refit_rounds(rounds, inner_valid_fraction),
+                                                early_stopping_rounds=None).fit(X.iloc[train], y[train])
                 model.history_, model.n_early_stopping_ = first.history_, first.n_early_stopping_
                 model.inner_best_rounds_ = best
             else:

@@ -47,7 +47,7 @@ class LightGBMModel(TreeModel):
         return list(cls._aliases())
 
     def _train_params(self) -> dict[str, Any]:
-        params = {**self.params, "seed": self.seed, "num_threads": self.n_jobs}
+        params = {**(self.params or {}), "seed": self.seed, "num_threads": self.n_jobs}
         if self.n_classes > 2:
             params.update(objective="multiclass", num_class=self.n_classes)
         else:
@@ -97,8 +97,7 @@ class LightGBMModel(TreeModel):
             model.fit(*dask_frames(self.client, X, y))
         return model.to_local().booster_
 
-    def predict_proba(self, X):
-        self._check()
+    def _predict_proba(self, X):
         return self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=self.n_jobs)
 
     def feature_gain(self):
@@ -114,9 +113,10 @@ class LightGBMModel(TreeModel):
     def load(cls, path, n_classes, n_jobs=1):
         import lightgbm as lgb
 
-        model = cls({}, n_classes=n_classes, n_jobs=n_jobs)
+        model = cls(n_classes=n_classes, n_jobs=n_jobs)
         model.booster_ = lgb.Booster(model_file=str(path))
         model.best_iteration_ = model.booster_.current_iteration()
+        model._set_features(model.booster_.num_feature(), model.booster_.feature_name())
         return model
 
     @staticmethod

@@ -73,7 +73,7 @@ class XGBoostModel(TreeModel):
         return re.findall(r'"([^"]+)"', found.group(1)) if found else []
 
     def _train_params(self) -> dict[str, Any]:
-        params = {**self.params, "seed": self.seed, "nthread": self.n_jobs}
+        params = {**(self.params or {}), "seed": self.seed, "nthread": self.n_jobs}
         if self.n_classes > 2:
             params.update(objective="multi:softprob", num_class=self.n_classes)
         else:
@@ -122,8 +122,7 @@ class XGBoostModel(TreeModel):
                          early_stopping_rounds=stopping, verbose_eval=False)
         return out["booster"], out["history"]
 
-    def predict_proba(self, X):
-        self._check()
+    def _predict_proba(self, X):
         return self.booster_.predict(self._matrix(X))
 
     def feature_gain(self):
@@ -142,11 +141,12 @@ class XGBoostModel(TreeModel):
     def load(cls, path, n_classes, n_jobs=1):
         import xgboost as xgb
 
-        model = cls({}, n_classes=n_classes, n_jobs=n_jobs)
+        model = cls(n_classes=n_classes, n_jobs=n_jobs)
         model.booster_ = xgb.Booster()
         model.booster_.load_model(str(path))
         model.booster_.set_param({"nthread": n_jobs})
         model.best_iteration_ = model.booster_.num_boosted_rounds()
+        model._set_features(model.booster_.num_features(), model.booster_.feature_names)
         return model
 
     @staticmethod
