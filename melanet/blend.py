@@ -49,12 +49,11 @@ from melanet import metrics as M
 from melanet.config import StageConfig, config_to_yaml
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError, unknown_choice
-from melanet.io import read_json, write_csv, write_json, write_parquet, write_text
-from melanet.runs import (RunDir, TargetSpec, check_out_dir, check_run, comparable_config, evaluate,
-                          predictions_frame, read_run, run_identity, spec_from_metrics)
-
-BLEND_FILE = "blend.json"
-COMPARISON_FILE = "comparison.csv"
+from melanet.io import write_csv, write_json, write_parquet, write_text
+from melanet.report import after_stage
+from melanet.runs import (BLEND_FILE, COMPARISON_FILE, CONFIG_FILE, RunDir, TargetSpec, check_out_dir, check_run,
+                          comparable_config, evaluate, predictions_frame, read_recipe, read_run, recipe_inputs,
+                          run_identity, spec_from_metrics)
 METRICS = ["auc", "pauc80", "ap", "log_loss", "brier"]
 PROBABILITY_METRICS = ["log_loss", "brier"]
 
@@ -468,28 +467,6 @@ def _blender_from_recipe(recipe: dict) -> BaseEstimator:
     return make_blender(recipe["method"], **recipe.get("params", {})).set_state(recipe["state"])
 
 
-def read_recipe(run_dir: str | Path) -> dict:
-    """The blend recipe (``blend.json``) of a complete blend run."""
-    path = Path(run_dir) / BLEND_FILE
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found: is {run_dir} a `melanet blend` run?")
-    return read_json(check_run(run_dir, ("blend",)).verify(BLEND_FILE))
-
-
-def input_runs(run_dir: str | Path) -> list[Path]:
-    """The blend's input run folders: the relative path (moved together) first, else the absolute one."""
-    run_dir = Path(run_dir)
-    found = []
-    for inp in read_recipe(run_dir)["inputs"]:
-        candidates = [run_dir / inp["relative_path"], Path(inp["path"])]
-        hit = next((c for c in candidates if (c / "oof.parquet").is_file()), None)
-        if hit is None:
-            raise ArtifactError(f"input run {inp['name']!r} of blend {run_dir} not found at "
-                                f"{candidates[0]} or {candidates[1]}; restore it or re-run the blend")
-        found.append(hit)
-    return found
-
-
 def apply_blend(run_dir: str | Path, scores: pd.DataFrame) -> np.ndarray:
     """Blend new rows' scores with a blend run's saved recipe (final weights, OOF rank mapping).
 
@@ -499,7 +476,7 @@ def apply_blend(run_dir: str | Path, scores: pd.DataFrame) -> np.ndarray:
     Reproduces the blend's ``test.parquet`` exactly for the same rows.
     """
     recipe = read_recipe(run_dir)
-    names = [inp["name"] for inp in recipe["inputs"]]
+    names = [inp["name"] for inp in recipe_inputs(recipe)]
     cols = list(scores.columns)
     if all(n in cols for n in names):
         X = scores[names]
@@ -552,8 +529,6 @@ def run(cfg: BlendConfig) -> dict:
         "inputs": [{"name": n, "path": str(p.resolve()), "relative_path": os.path.relpath(p.resolve(), out.resolve()),
                     "score_column": c, "run_id": check_run(p).run_id}
                    for n, p, c in zip(inputs.names, inputs.paths, inputs.score_columns)],
-        "runs": [str(p.resolve()) for p in inputs.paths],  # the same paths as flat lists, for `predict`
-        "runs_relative": [os.path.relpath(p.resolve(), out.resolve()) for p in inputs.paths],
         "weights": dict(zip(inputs.names, final.weights().tolist())),
         "weights_meaning": {"rank": "equal weights on OOF-CDF ranks", "weights": "convex weights on probabilities",
                             "stack": "logistic-regression coefficients on logits",
@@ -600,17 +575,13 @@ def run(cfg: BlendConfig) -> dict:
     write_parquet(out / "test.parquet", test)
     write_json(out / "metrics.json", metrics)
     write_csv(out / COMPARISON_FILE, table)
-    write_text(out / "config.yaml", config_to_yaml(cfg))
+    write_text(out / CONFIG_FILE, config_to_yaml(cfg))
     write_json(out / BLEND_FILE, recipe)
-    run.complete(["oof.parquet", "test.parquet", "metrics.json", COMPARISON_FILE, "config.yaml", BLEND_FILE])
+    run.complete(["oof.parquet", "test.parquet", "metrics.json", COMPARISON_FILE, CONFIG_FILE, BLEND_FILE])
     if auto is not None:
         _print_auto(auto)
     beats = _print_comparison(table, "blend", metrics["validation"])
-    report_path = None
-    if cfg.report:
-        from melanet import report
-
-        report_path = report.run(out)
+    report_path = after_stage(out, cfg.report)
     tracker = start_tracking(cfg.track, out, cfg.track_uri, params=cfg.model_dump(mode="json"))
     try:
         tracker.log_metrics(metrics["overall"])

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from melanet.errors import ArtifactError, ConfigError, did_you_mean
+from melanet.errors import ConfigError, did_you_mean
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -179,8 +179,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 
 
 def config_from_run(model_cls: type[C], run_dir: str | Path) -> C:
-    """Reload the resolved config a run wrote."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
-    return build_config(model_cls, yaml.safe_load(path.read_text()) or {}, str(path))
+    """Reload the resolved config a run wrote (kept for callers; the reader is :func:`melanet.runs.read_config`)."""
+    from melanet.runs import read_config  # runs imports this module
+
+    return read_config(run_dir, model_cls)

@@ -1,6 +1,6 @@
 """``melanet ingest``: a DICOM folder (+ labels table) -> cohort table, image cache, folds.
 
-Outputs in DATA_DIR (DESIGN.md "Ingest"):
+Outputs in DATA_DIR (docs/architecture.md "Ingest"):
 
 - ``cohort.parquet``: one row per decoded image (columns in :data:`melanet.cohort.DICOM_COLUMNS`,
   then the labels table's columns, then ``fold``);
@@ -599,10 +599,8 @@ def _ingest_into(cfg: IngestConfig, out_dir: Path, stage: ingest_write.Staging, 
 
 
 def _write_eda(out_dir: Path, write_to: Path, cohort: pd.DataFrame, target: str) -> None:
-    try:
-        from melanet import eda
-    except ImportError:  # the EDA page is optional for ingest
-        return
+    from melanet import eda
+
     try:
         eda.run(out_dir, eda.EDAConfig(target=target), cohort=cohort, out_dir=write_to)
     except Exception as exc:  # a broken page must not fail the ingest

@@ -22,21 +22,11 @@ from melanet.config import build_config
 from melanet.console import console
 from melanet.errors import ArtifactError, ConfigError
 from melanet.io import read_json, write_csv
-from melanet.runs import check_run
-
-KINDS = ("fusion", "gbdt", "blend")
-
+from melanet.runs import KINDS, blend_inputs, check_run, read_config, training_data_dir
 
 def run_kind(run_dir: Path) -> str:
     """Which stage wrote ``run_dir``: fusion, gbdt or blend (refused unless the run is complete and unmixed)."""
     return check_run(run_dir, KINDS, reader="predict").kind
-
-
-def run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def check_runs(run_dir: Path) -> None:
@@ -44,42 +34,10 @@ def check_runs(run_dir: Path) -> None:
     record = check_run(run_dir, KINDS, reader="predict")
     record.verify_all()
     if record.kind == "blend":
-        for src in blend_inputs(run_dir):
-            check_runs(Path(src))
-    for src in (run_config(run_dir).get("with_oof") or []) if record.kind == "gbdt" else []:
+        for src in blend_inputs(run_dir, reader="predict"):
+            check_runs(src)
+    for src in (read_config(run_dir).get("with_oof") or []) if record.kind == "gbdt" else []:
         check_runs(Path(src))
-
-
-def training_data_dir(run_dir: Path) -> Path:
-    """The data folder a run was trained on (for blends: that of the first input run)."""
-    run_dir = Path(run_dir)
-    if run_kind(run_dir) == "blend":
-        return training_data_dir(Path(blend_inputs(run_dir)[0]))
-    data_dir = run_config(run_dir).get("data_dir")
-    if not data_dir or not Path(data_dir).is_dir():
-        raise ArtifactError(f"{run_dir}/config.yaml names data_dir={data_dir!r}, which does not exist here; "
-                            f"predict needs it for the ingest settings and pseudonymisation key")
-    return Path(data_dir)
-
-
-def blend_inputs(run_dir: Path) -> list[str]:
-    """Input run folders of a blend, resolved relative to the blend folder if moved."""
-    recipe = read_json(check_run(run_dir, ("blend",), reader="predict").verify("blend.json"))
-    paths = []
-    for i, absolute in enumerate(recipe["runs"]):
-        rel = (recipe.get("runs_relative") or [None] * len(recipe["runs"]))[i]
-        candidate = Path(absolute)
-        if not candidate.is_dir() and rel is not None:
-            candidate = (Path(run_dir) / rel).resolve()
-        if not candidate.is_dir():
-            raise ArtifactError(f"blend {run_dir} uses run {absolute}, which is missing; restore it")
-        recorded = recipe["inputs"][i].get("run_id") if i < len(recipe.get("inputs", [])) else None
-        found = check_run(candidate, reader="predict").run_id
-        if recorded is not None and found != recorded:
-            raise ArtifactError(f"blend {run_dir} was fitted on run {recorded} of {candidate}, which now holds run "
-                                f"{found}; re-run the blend (`{check_run(run_dir).command} --overwrite`)")
-        paths.append(str(candidate))
-    return paths
 
 
 def predict_cohort(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> np.ndarray:
@@ -98,8 +56,8 @@ def predict_cohort(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> np.nd
         return np.mean(list(_gbdt_fold_probs(run_dir, cohort, data_dir).values()), axis=0)
     from melanet import blend
 
-    inputs = blend_inputs(run_dir)
-    scores = pd.DataFrame({i: _score(predict_cohort(Path(src), cohort, data_dir), Path(src))
+    inputs = blend_inputs(run_dir, reader="predict")
+    scores = pd.DataFrame({i: _score(predict_cohort(src, cohort, data_dir), src)
                            for i, src in enumerate(inputs)}, index=cohort.index)
     return blend.apply_blend(run_dir, scores)
 
@@ -120,7 +78,7 @@ def fold_scores(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> dict[int
 
 def check_with_oof_sources(run_dir: Path) -> None:
     """Refuse a ``--with-oof`` GBDT run whose score runs now hold another run than it was trained on."""
-    sources = run_config(run_dir).get("with_oof") or []
+    sources = read_config(run_dir).get("with_oof") or []
     recorded = check_run(run_dir).identity.get("inputs", {}).get("with_oof") or [None] * len(sources)
     for src, run_id in zip(sources, recorded):
         if run_id is not None and check_run(src, reader="predict").run_id != run_id:
@@ -132,7 +90,7 @@ def _gbdt_fold_probs(run_dir: Path, cohort: pd.DataFrame, data_dir: Path) -> dic
     from melanet.train import gbdt
 
     extra, extra_folds = None, {}
-    sources = run_config(run_dir).get("with_oof") or []
+    sources = read_config(run_dir).get("with_oof") or []
     if sources:
         extra = pd.DataFrame(index=cohort.index)
         for i, src in enumerate(sources):
@@ -196,7 +154,7 @@ def run(run_dir: Path, dicom_dir: Path, out: Path, workers: int | None = None,
                             f"give the folder of new DICOM files")
     kind = run_kind(run_dir)
     check_runs(run_dir)
-    data_dir = training_data_dir(run_dir)
+    data_dir = training_data_dir(run_dir, reader="predict")
     settings = data_dir / "ingest_config.yaml"
     if not settings.is_file():
         raise ArtifactError(f"{settings} not found: predict re-uses the pixel settings the run's data was ingested "

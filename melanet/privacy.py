@@ -1,6 +1,6 @@
 """Pseudonyms, the key that makes them, and label columns that must not reach an output.
 
-What melanet promises (DESIGN.md "Ingest"; the HIPAA Safe Harbor list and DICOM
+What melanet promises (docs/architecture.md "Ingest"; the HIPAA Safe Harbor list and DICOM
 PS3.15 basic de-identification are the yardstick):
 
 - ``patient_id`` and ``sop_instance_uid`` are keyed pseudonyms (HMAC-SHA256 of

@@ -9,9 +9,13 @@ sensitivity), the most confident false positives and false negatives with
 their thumbnails and metadata, and metrics by subgroup (sex, age bin, site).
 
 Every figure is embedded as a base64 PNG (the page opens without a server)
-and also written beside the page as ``<name>.png``. Images and metadata come
-from the cohort named by the run's ``config.yaml`` ``data_dir`` (for a blend:
-its first input run's); without it the error analysis lists ids only.
+and also written beside the page as ``<name>.png``. This module is the one
+author of a run's figures (``training_curves.png``, ``feature_importance.png``,
+``roc.png``...): stages draw none themselves, they call :func:`after_stage`
+once the run is complete. Images and metadata come from the cohort named by
+the run's ``config.yaml`` ``data_dir`` (for a blend: its first input run's,
+:func:`melanet.runs.find_data_dir`); without it the error analysis lists ids
+only.
 
 The computations (:func:`operating_point`, :func:`confusion_at`,
 :func:`subgroup_metrics`, :func:`age_bins`, :func:`confident_errors`) are pure
@@ -26,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from melanet import metrics as M
 from melanet import plots
 from melanet.cohort import load_image, read_cohort
+from melanet.console import console
 from melanet.errors import MelanetError
 from melanet.io import read_table, write_text
-from melanet.runs import TargetSpec, read_run, spec_from_metrics
+from melanet.runs import (BLEND_FILE, COMPARISON_FILE, TargetSpec, find_data_dir, read_recipe, read_run,
+                          spec_from_metrics)
 
 REPORT_FILE = "report.html"
 AGE_EDGES = [0, 30, 45, 60, 75, np.inf]
@@ -118,28 +123,7 @@ def confident_errors(df: pd.DataFrame, threshold: float, top: int = 8, y: str = 
     return fp.head(top), fn.head(top)
 
 
-# --- run-directory helpers --------------------------------------------------------------------
-
-
-def find_data_dir(run_dir: Path, _depth: int = 0) -> Path | None:
-    """The cohort folder a run was trained on: ``data_dir`` in its config.yaml, or its first blend input's."""
-    if (run_dir / "blend.json").is_file() and _depth < 5:
-        from melanet.blend import input_runs
-
-        try:
-            return find_data_dir(input_runs(run_dir)[0], _depth + 1)
-        except MelanetError:
-            return None
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        return None
-    data_dir = (yaml.safe_load(cfg_path.read_text()) or {}).get("data_dir")
-    if not data_dir:
-        return None
-    for candidate in (Path(data_dir), run_dir / data_dir):
-        if (candidate / "cohort.parquet").is_file():
-            return candidate
-    return None
+# --- page helpers -----------------------------------------------------------------------------
 
 
 def _fmt(v) -> str:
@@ -180,20 +164,31 @@ def _training_section(page: _Page) -> None:
     histories = sorted(page.run_dir.glob("fold_*/history.csv"))
     if not histories:
         return
-    panels: dict[str, dict] = {"loss": {}, "validation AUC": {}, "learning rate": {}}
-    for path in histories:
-        fold = path.parent.name.replace("_", " ")
-        h = read_table(path, ["epoch"], "training history")
-        x = h["epoch"].to_numpy()
-        for col, panel, label in (("train_loss", "loss", f"{fold} train"), ("val_loss", "loss", f"{fold} val"),
-                                  ("val_auc", "validation AUC", fold), ("lr", "learning rate", fold)):
-            if col in h.columns:
-                panels[panel][label] = (x, h[col].to_numpy(dtype=float))
-    panels = {k: v for k, v in panels.items() if v}
+    panels = training_panels({path.parent.name.replace("_", " "): read_table(path, ["epoch"], "training history")
+                              for path in histories})
     if panels:
         img = page.fig("training_curves", plots.curves_plot(panels, "epoch"), "training curves")
         page.add("training", "Training curves", f'<div class="figs">{img}</div>'
                  + plots.note("dashed: training loss; solid: validation, per fold"))
+
+
+def training_panels(histories: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    """``panel -> {line -> (epoch, values)}`` from each fold's ``history.csv`` (``{"fold 0": table}``).
+
+    Panels: loss (``train_loss`` / ``val_loss``), validation metric (every other ``val_*`` column a
+    trainer logged: ``val_auc``, ``val_macro_auc``..., so multiclass runs keep it), learning rate
+    (``lr``); empty panels are left out. ``epoch`` is the epoch or boosting round.
+    """
+    panels: dict[str, dict] = {"loss": {}, "validation metric": {}, "learning rate": {}}
+    for fold, h in histories.items():
+        x = h["epoch"].to_numpy()
+        metrics = [c for c in h.columns if c.startswith("val_") and c != "val_loss"]
+        for col, panel, label in (("train_loss", "loss", f"{fold} train"), ("val_loss", "loss", f"{fold} val"),
+                                  *((m, "validation metric", f"{fold} {m.removeprefix('val_')}") for m in metrics),
+                                  ("lr", "learning rate", fold)):
+            if col in h.columns:
+                panels[panel][label] = (x, h[col].to_numpy(dtype=float))
+    return {k: v for k, v in panels.items() if v}
 
 
 def _importance_section(page: _Page, top: int = 25) -> None:
@@ -238,11 +233,9 @@ def descriptor_importance(gain: pd.Series) -> pd.DataFrame:
 
 def _blend_section(page: _Page) -> str:
     """Blend weights, model correlation, comparison table; returns a summary sentence."""
-    from melanet.blend import COMPARISON_FILE, read_recipe
-
-    if not (page.run_dir / "blend.json").is_file():
+    if not (page.run_dir / BLEND_FILE).is_file():
         return ""
-    recipe = read_recipe(page.run_dir)
+    recipe = read_recipe(page.run_dir, reader="report")
     parts = [page.fig("blend_weights", plots.barh_plot(recipe["weights"], f"Blend ({recipe['method']})",
                                                        recipe.get("weights_meaning", "weight")), "blend weights")]
     corr = recipe.get("correlation")
@@ -331,6 +324,23 @@ def _subgroup_section(page: _Page, df: pd.DataFrame) -> None:
 
 
 # --- stage runner -----------------------------------------------------------------------------
+
+
+def after_stage(run_dir: str | Path, enabled: bool = True) -> Path | None:
+    """The report of a run a stage has just completed: the one place stages call the report from.
+
+    Returns the page's path, or None when ``enabled`` is False or the report failed. A failed report
+    leaves the complete run as it is and prints one warning line with the command that retries it.
+    """
+    if not enabled:
+        return None
+    try:
+        return run(run_dir)
+    except Exception as exc:  # the run's artifacts are complete; a report failure must not hide or undo that
+        console.print(f"[yellow]warning:[/] report.html not written ({type(exc).__name__}: {exc}); the run is "
+                      f"complete - retry with `melanet report {run_dir}`", highlight=False, soft_wrap=True)
+        return None
+
 
 
 def run(run_dir: str | Path, sensitivity: float = 0.8, top: int = 8, n_boot: int = 200) -> Path:

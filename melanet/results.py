@@ -5,7 +5,7 @@ files when asked (``run.oof`` reads ``oof.parquet`` each time), so an object
 stays true when the folder is re-run, and ``melanet.Run("runs/gbdt")`` opens
 any existing run. Every one is ``os.PathLike``: pass it wherever a path goes
 (``melanet.blend([fusion, gbdt], out=...)``, ``pd.read_parquet(run.path / ...)``).
-File names are the contracts of ``docs/architecture.md`` / DESIGN.md.
+File names are the contracts of ``docs/architecture.md``; :mod:`melanet.runs` reads them.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ class Run(_Folder):
     @property
     def kind(self) -> str:
         """``fusion``, ``gbdt`` or ``blend`` (which trainer wrote the folder)."""
-        from melanet.predict import run_kind
+        from melanet.runs import check_run
 
-        return run_kind(self.path)
+        return check_run(self.path).kind
 
     @property
     def oof(self) -> pd.DataFrame:
@@ -77,9 +77,9 @@ class Run(_Folder):
 
     @property
     def config(self) -> dict[str, Any]:
-        from melanet.predict import run_config
+        from melanet.runs import read_config
 
-        return run_config(self.path)
+        return read_config(self.path)
 
     @property
     def score(self) -> float | None:

@@ -1,6 +1,6 @@
 """Run directories, their one owner: identity, per-fold artifacts, completion, OOF assembly, metrics.
 
-Layout (DESIGN.md "Runs")::
+Layout (docs/architecture.md "Runs")::
 
     RUN_DIR/run.json               written first: run id, kind, identity, command to re-run
     RUN_DIR/config.yaml            resolved config
@@ -9,6 +9,7 @@ Layout (DESIGN.md "Runs")::
     RUN_DIR/oof.parquet            merged from the folds
     RUN_DIR/test.parquet           fold-averaged
     RUN_DIR/metrics.json           carries the run id too
+    RUN_DIR/blend.json             (blends) the recipe: method, fitted state, input runs
     RUN_DIR/COMPLETE               written last of all: run id + sha256 of every artifact
 
 A run's id is a hash of what decides its result (the comparable config and a
@@ -23,6 +24,11 @@ folder without ``COMPLETE``, or whose markers name different runs, or whose
 files changed since, is refused with one line naming the command to re-run.
 Model files are verified against their recorded sha256 before loading
 (:meth:`RunRecord.verify`).
+
+Reading what a run was made from is here too, once: :func:`read_config` (its
+``config.yaml``), :func:`read_recipe` and :func:`blend_inputs` (a blend's
+``blend.json`` and input runs), :func:`training_data_dir` (the data folder it
+was trained on). See docs/architecture.md for who writes each file.
 """
 
 from __future__ import annotations
@@ -36,13 +42,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from melanet import metrics as M
-from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean
+from melanet.config import build_config
+from melanet.errors import ArtifactError, InputDataError, MelanetError, did_you_mean
 from melanet.io import check_out_dir, read_json, read_table, write_json, write_parquet
 
 ID_COLUMNS = ["image_id", "patient_id", "fold", "target"]
 RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+BLEND_FILE = "blend.json"
+COMPARISON_FILE = "comparison.csv"
 COMPLETE_FILE = "COMPLETE"
 DONE_FILE = "DONE"
 KINDS = ("fusion", "gbdt", "blend")
@@ -133,7 +144,7 @@ def predictions_frame(rows: pd.DataFrame, prob: np.ndarray, spec: TargetSpec) ->
 
 
 def evaluate(oof: pd.DataFrame, spec: TargetSpec) -> dict:
-    """Overall and per-fold metrics of an OOF table (DESIGN.md "Metrics")."""
+    """Overall and per-fold metrics of an OOF table (docs/architecture.md "Metrics")."""
 
     def one(df: pd.DataFrame) -> dict:
         out: dict = {}
@@ -539,3 +550,103 @@ def read_exclude(path: str | Path | None, cohort: pd.DataFrame) -> np.ndarray:
         raise InputDataError(f"exclude list {path}: {len(unknown)} image_id(s) are not in the cohort, e.g. "
                              f"{unknown[0]!r}{did_you_mean(unknown[0], ids)}; fix or remove them")
     return ids.isin(set(listed)).to_numpy()
+
+
+# --------------------------------------------------------------------------- what a run was made from
+
+
+def read_config(run_dir: str | Path, model_cls: type | None = None):
+    """The resolved ``config.yaml`` a run wrote: a dict, or with ``model_cls`` (a StageConfig) that stage's config."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ArtifactError(f"{path}: not valid YAML ({exc}); restore it or re-run the stage that wrote it") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a mapping of keys; restore it or re-run the stage that wrote it")
+    return data if model_cls is None else build_config(model_cls, data, str(path))
+
+
+def read_recipe(run_dir: str | Path, reader: str = "this command") -> dict:
+    """The recipe (``blend.json``) of a complete blend run, checked against its recorded sha256."""
+    path = Path(run_dir) / BLEND_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found: is {run_dir} a `melanet blend` run?")
+    return read_json(check_run(run_dir, ("blend",), reader=reader).verify(BLEND_FILE))
+
+
+def recipe_inputs(recipe: dict) -> list[dict]:
+    """``name, path, relative_path, score_column, run_id`` per input run of a recipe.
+
+    Recipes written before the inputs were stored once also listed them as flat ``runs`` /
+    ``runs_relative`` lists; those fill what an ``inputs`` entry lacks.
+    """
+    inputs = [i if isinstance(i, dict) else {"name": str(i)} for i in recipe.get("inputs") or []]
+    flat, flat_rel = recipe.get("runs") or [], recipe.get("runs_relative") or []
+    out = []
+    for i in range(max(len(inputs), len(flat))):
+        old = {"name": str(i), "path": flat[i] if i < len(flat) else None,
+               "relative_path": flat_rel[i] if i < len(flat_rel) else None}
+        out.append({**old, **{k: v for k, v in (inputs[i] if i < len(inputs) else {}).items() if v is not None}})
+    return out
+
+
+def blend_inputs(run_dir: str | Path, reader: str = "this command") -> list[Path]:
+    """A blend's input run folders, each a complete run holding the run the blend was fitted on.
+
+    Where the input is looked for: beside the blend as recorded (``relative_path``: folders moved
+    together), then at its absolute ``path``. A folder that now holds another run is refused, naming
+    the blend command to re-run.
+    """
+    run_dir = Path(run_dir)
+    recipe = read_recipe(run_dir, reader)
+    found = []
+    for inp in recipe_inputs(recipe):
+        places = [run_dir / inp["relative_path"] if inp.get("relative_path") else None,
+                  Path(inp["path"]) if inp.get("path") else None]
+        places = list(dict.fromkeys(p for p in places if p is not None))
+        present = [p for p in places if p.is_dir()]
+        if not present:
+            raise ArtifactError(f"input run {inp['name']!r} of blend {run_dir} not found at "
+                                f"{' or '.join(map(str, places))}; restore it or re-run the blend")
+        hit, other = None, None
+        for place in present:
+            found_id = check_run(place, reader=reader).run_id
+            if inp.get("run_id") in (None, found_id):
+                hit = place
+                break
+            other = (place, found_id)
+        if hit is None:
+            raise ArtifactError(f"blend {run_dir} was fitted on run {inp['run_id']} of {other[0]}, which now holds "
+                                f"run {other[1]}; re-run the blend (`{check_run(run_dir).command} --overwrite`)")
+        found.append(hit.resolve())
+    return found
+
+
+def training_data_dir(run_dir: str | Path, reader: str = "this command", _depth: int = 0) -> Path:
+    """The data folder (ingest's output) a run was trained on: ``data_dir`` in its config.yaml, tried as written
+    and relative to the run; for a blend, that of its first input run."""
+    run_dir = Path(run_dir)
+    if check_run(run_dir, reader=reader).kind == "blend":
+        if _depth >= 5:
+            raise ArtifactError(f"{run_dir}: blends nested more than 5 deep; give a run trained on a data folder")
+        return training_data_dir(blend_inputs(run_dir, reader)[0], reader, _depth + 1)
+    data_dir = read_config(run_dir).get("data_dir")
+    places = [Path(data_dir), run_dir / data_dir] if data_dir else []
+    hit = (next((p for p in places if (p / "cohort.parquet").is_file()), None)
+           or next((p for p in places if p.is_dir()), None))
+    if hit is None:
+        raise ArtifactError(f"{run_dir / CONFIG_FILE} names data_dir={data_dir!r}, which does not exist here; "
+                            f"{reader} needs the data folder the run was trained on - restore it there")
+    return hit
+
+
+def find_data_dir(run_dir: str | Path) -> Path | None:
+    """:func:`training_data_dir` if it holds a cohort, else None (pages that can do without images)."""
+    try:
+        found = training_data_dir(run_dir)
+    except MelanetError:
+        return None
+    return found if (found / "cohort.parquet").is_file() else None

@@ -15,6 +15,10 @@ notebook as from the shell:
   OpenMP reads it once, when torch (libgomp) loads, so it only takes effect if
   torch was not imported before the first melanet call; :func:`prepare_process`
   returns whether it did.
+- ``NO_ALBUMENTATIONS_UPDATE=1``, forced: albumentations (>= 1.4) asks PyPI for
+  its latest version when imported unless it is set; a stray ``=0`` must not
+  open a socket. :func:`melanet.train.data.build_train_transform` sets it too,
+  just before its (lazy) albumentations import, for callers that skip the API.
 - the process umask, read once (artifacts written through a temporary file get
   the permissions a plainly created file would, see :mod:`melanet.io`).
 """
@@ -37,6 +41,7 @@ def prepare_process() -> dict[str, bool]:
     """
     for key, value in _DEFAULTS.items():
         os.environ.setdefault(key, value)
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
     constants = sys.modules.get("huggingface_hub.constants")
     if offline and constants is not None:

@@ -30,8 +30,7 @@ from melanet.cohort import read_cohort
 from melanet.eda import load_images, thumbnail_strip
 from melanet.errors import ArtifactError, ConfigError
 from melanet.io import write_csv, write_text
-from melanet.report import find_data_dir
-from melanet.runs import ID_COLUMNS, TargetSpec, read_run, spec_from_metrics
+from melanet.runs import ID_COLUMNS, TargetSpec, find_data_dir, read_run, spec_from_metrics
 
 SUSPECTS_FILE = "suspects.csv"
 

@@ -60,11 +60,15 @@ def assert_same_run(api_run: melanet.Run, cli_dir: Path) -> None:
 def test_import_melanet_is_cheap_and_changes_no_process_setting():
     code = ("import os, sys; import melanet, melanet.api; "
             "print(sorted(m for m in ('torch', 'pandas', 'timm', 'lightgbm') if m in sys.modules)); "
-            "import melanet.io, melanet.train.fusion; "  # neither sets anything at import any more
-            "print([k for k in ('HF_HUB_OFFLINE', 'OMP_WAIT_POLICY') if k in os.environ])")
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "OMP_WAIT_POLICY")}
+            "mask = os.umask(0o022); os.umask(mask); "
+            "import melanet.io, melanet.train.fusion, melanet.train.gbdt, melanet.blend, melanet.report; "
+            "new = os.umask(0o022); os.umask(new); "  # none of them sets anything at import any more
+            "print([k for k in ('HF_HUB_OFFLINE', 'OMP_WAIT_POLICY', 'NO_ALBUMENTATIONS_UPDATE') if k in os.environ], "
+            "mask == new)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "OMP_WAIT_POLICY", "NO_ALBUMENTATIONS_UPDATE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.splitlines() == ["[]", "[]"]
+    assert out.splitlines() == ["[]", "[] True"]
 
 
 def test_stage_modules_are_also_the_api_functions():

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from melanet import blend
 from melanet.errors import ArtifactError, ConfigError
 from melanet.io import write_json, write_parquet, write_text
-from melanet.runs import finish_run, TargetSpec, evaluate, predictions_frame
+from melanet.runs import TargetSpec, blend_inputs, evaluate, finish_run, predictions_frame
 
 N, N_TEST, FOLDS = 300, 40, 5
 
@@ -188,7 +188,7 @@ def test_apply_blend_reproduces_test_parquet(tmp_path, two_runs, method):
     assert np.array_equal(by_index, expected["pred"].to_numpy())
     with pytest.raises(ArtifactError, match="named \\['fusion', 'gbdt'\\]"):
         blend.apply_blend(out, pd.DataFrame({"a": tests[0], "b": tests[1]}))
-    assert [p.resolve() for p in blend.input_runs(out)] == [p.resolve() for p in two_runs]
+    assert blend_inputs(out) == [p.resolve() for p in two_runs]
 
 
 def test_blend_dir_is_a_run_with_report(tmp_path, two_runs):
@@ -213,3 +213,29 @@ def test_cli_blend(tmp_path, two_runs):
                                    "--method", "stack", "--set", "report=false", "--set", "n_boot=10"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "blend.json").is_file()
+
+
+def test_blend_inputs_are_stored_once_and_found_after_a_move(tmp_path, two_runs):
+    out = tmp_path / "out"
+    blend.run(cfg(two_runs, out))
+    recipe = blend.read_recipe(out)
+    assert "runs" not in recipe and "runs_relative" not in recipe  # one stored form: "inputs"
+    assert [i["name"] for i in recipe["inputs"]] == ["fusion", "gbdt"]
+    # the blend and its inputs moved together: found beside the blend, though the old paths are gone
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for p in [*two_runs, out]:
+        shutil.move(p, moved / p.name)
+    assert blend_inputs(moved / "out") == [(moved / p.name).resolve() for p in two_runs]
+    # an input folder now holding another run is refused, naming the blend to re-run
+    make_run(moved / "gbdt", np.linspace(0, 1, N), np.zeros(N_TEST))
+    with pytest.raises(ArtifactError, match="now holds run .* re-run the blend"):
+        blend_inputs(moved / "out")
+
+
+def test_blend_inputs_of_a_recipe_with_the_old_flat_lists(tmp_path, two_runs):
+    from melanet.runs import recipe_inputs
+
+    old = {"inputs": ["fusion", "gbdt"], "runs": [str(p) for p in two_runs], "runs_relative": ["../a", "../b"]}
+    assert [(i["name"], i["path"], i["relative_path"]) for i in recipe_inputs(old)] == [
+        ("fusion", str(two_runs[0]), "../a"), ("gbdt", str(two_runs[1]), "../b")]

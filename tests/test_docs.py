@@ -34,3 +34,26 @@ def test_walkthrough_runs_as_written(tmp_path):
     assert (tmp_path / "demo" / "runs" / "blend" / "report.html").is_file()
     assert (tmp_path / "demo" / "predictions.csv").is_file()
     assert "unknown key 'num_boost_rounds'" in result.stdout  # the error example printed its message
+
+
+def test_architecture_names_exist():
+    """Every ``module.name`` docs/architecture.md cites (``runs.read_config``, ``train/model.check_backbone``) exists."""
+    import importlib
+    import importlib.util
+
+    text = (DOC.parent / "architecture.md").read_text()
+    cited = set(re.findall(r"`([a-z_]+(?:/[a-z_]+)?)\.([A-Za-z_]+)", text))
+    checked = 0
+    for module, name in sorted(cited):
+        if name in {"parquet", "json", "yaml", "csv", "html", "png", "md", "py", "npy"}:
+            continue  # a file name
+        if module == "melanet":  # `melanet.io`: a module
+            importlib.import_module(f"melanet.{name}")
+            continue
+        path = f"melanet.{module.replace('/', '.')}"
+        if importlib.util.find_spec(path) is None:
+            continue  # a config key (`model.backbone`), not a module
+        mod = importlib.import_module(path)
+        assert hasattr(mod, name), f"docs/architecture.md cites {module}.{name}, which does not exist"
+        checked += 1
+    assert checked >= 15

@@ -15,6 +15,7 @@ import pytest
 from melanet.cohort import DICOM_COLUMNS
 from melanet.config import load_config
 from melanet.errors import ArtifactError, ConfigError, WeightsNotFoundError
+from melanet.runs import read_config
 
 SIZE = 32
 
@@ -271,3 +272,54 @@ def test_torchrun_two_cpu_processes_gather_oof_and_only_rank0_writes(cohort_dir,
     one = pd.read_parquet(single / "fold_0" / "oof.parquet").set_index("image_id").loc[fold_oof["image_id"]]
     aucs = [metrics.binary_metrics(t["target"], t["pred"])["auc"] for t in (fold_oof, one)]
     assert min(aucs) > 0.6 and abs(aucs[0] - aucs[1]) < 0.15, aucs
+
+
+def test_staged_training_fits_metadata_on_the_image_model_and_predict_reproduces_it(cohort_dir, tmp_path):
+    from melanet.train import fusion
+
+    out = tmp_path / "staged"
+    fusion.run(tiny_config(cohort_dir, out, ["train.epochs=2", "train.meta_epochs=3"]), folds=[1])
+    history = pd.read_csv(out / "fold_1" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4, 5]  # 2 image epochs, then 3 metadata epochs
+    assert history["val_auc"].notna().all()
+    oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
+    _rewrite_done_folds(out, [1])
+    _mark_complete(out, [1])
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+    pred = pd.Series(fusion.predict(out, cohort, cohort_dir), index=cohort["image_id"])
+    np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)
+    # The saved network uses metadata: the same image with other metadata gets another score.
+    from melanet.features import MetaEncoder
+    from melanet.io import read_json
+    from melanet.train.data import ImageStore
+    from melanet.train.model import load_weights
+
+    cfg = read_config(out, fusion.FusionConfig)
+    encoder = MetaEncoder.from_dict(read_json(out / "fold_1" / "meta_encoder.json"))
+    meta = encoder.transform(fusion.meta_features(cohort, cfg.features))
+    model = fusion.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}),
+                               meta.shape[1], 1)
+    load_weights(model, out / "fold_1" / "model.safetensors").eval()
+    assert not model.image_stage
+    store = ImageStore(cohort_dir, cohort["image_path"].tolist(), SIZE, 100)
+    rows = np.arange(4)
+    a = fusion.predict_rows(model, store, rows, meta, channels_last=False)
+    b = fusion.predict_rows(model, store, rows, np.zeros_like(meta), channels_last=False)
+    assert not np.allclose(a, b)
+
+
+def test_staged_head_starts_equal_to_the_image_head():
+    import torch
+
+    from melanet.train.model import FusionNet
+    from melanet.train.staged import begin_image_stage, init_fused_head
+
+    torch.manual_seed(0)
+    net = FusionNet("test_resnet", n_meta=3, n_outputs=1, meta_hidden=(8, 4), image_aux_head=True).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    begin_image_stage(net)
+    image_only = net(images, torch.randn(4, 3))
+    torch.testing.assert_close(image_only, net(images, torch.randn(4, 3)))  # stage 1 ignores metadata
+    init_fused_head(net)
+    net.image_stage = False
+    torch.testing.assert_close(net(images, torch.randn(4, 3)), image_only)  # stage 2 starts from the image model

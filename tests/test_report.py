@@ -192,3 +192,25 @@ def test_descriptor_importance_groups_patient_context_with_its_descriptor():
     assert table.loc["lesion_asymmetry", "patient_context"] == pytest.approx(0.15)
     assert table.loc["duckling", "own"] == pytest.approx(0.08)
     assert descriptor_importance(pd.Series({"age": 1.0})).empty
+
+
+def test_training_panels_keep_each_trainers_validation_metric():
+    fusion_multiclass = pd.DataFrame({"epoch": [1, 2], "lr": [1e-3, 1e-4], "train_loss": [1.2, 0.9],
+                                      "val_loss": [1.3, 1.0], "val_macro_auc": [0.6, 0.7], "seconds": [3, 3]})
+    gbdt = pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [0.6, 0.5, 0.45], "val_auc": [0.7, 0.75, 0.8]})
+    panels = report.training_panels({"fold 0": fusion_multiclass, "fold 1": gbdt})
+    assert list(panels) == ["loss", "validation metric", "learning rate"]
+    assert set(panels["validation metric"]) == {"fold 0 macro_auc", "fold 1 auc"}
+    assert set(panels["loss"]) == {"fold 0 train", "fold 0 val", "fold 1 val"}
+    assert list(report.training_panels({"fold 1": gbdt})) == ["loss", "validation metric"]
+
+
+def test_after_stage_is_the_one_report_call_and_a_failure_keeps_the_run(run_dir, capsys):
+    assert report.after_stage(run_dir, enabled=False) is None and not (run_dir / "report.html").exists()
+    assert report.after_stage(run_dir) == run_dir / "report.html"
+    (run_dir / "oof.parquet").write_bytes(b"damaged")  # the report refuses the run; the stage must not fail
+    (run_dir / "report.html").unlink()
+    assert report.after_stage(run_dir) is None
+    out = capsys.readouterr().err  # melanet's console writes to stderr
+    assert "report.html not written" in out and f"melanet report {run_dir}" in " ".join(out.split())
+    assert not (run_dir / "report.html").exists() and (run_dir / "COMPLETE").is_file()

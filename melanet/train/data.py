@@ -57,7 +57,7 @@ class AugmentConfig(StageConfig):
 
 def build_train_transform(aug: AugmentConfig, image_size: int, seed: int | None = None):
     """The albumentations pipeline for training images (uint8 HWC at ``image_size``), or None."""
-    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # no version check over the network (see melanet/__init__.py)
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # no version check over the network (see melanet/runtime.py)
     import albumentations as A
 
     steps = [

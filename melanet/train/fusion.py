@@ -6,14 +6,14 @@ and data parallelism come from Lightning Fabric: one process on CPU or one GPU,
 Only global rank 0 writes artifacts; validation and test predictions are
 sharded across ranks without duplicates and gathered.
 
-Writes (DESIGN.md "Runs")::
+Writes (docs/architecture.md "Runs")::
 
     RUN_DIR/config.yaml                     resolved config
     RUN_DIR/fold_<k>/model.safetensors      weights of the epoch that predicted the OOF
     RUN_DIR/fold_<k>/meta_encoder.json      metadata encoder fitted on the fold's training rows
     RUN_DIR/fold_<k>/history.csv            epoch, lr, train_loss, val_loss, val_<metric>, seconds
     RUN_DIR/fold_<k>/{oof,test}.parquet     then DONE
-    RUN_DIR/{oof,test}.parquet, metrics.json, training_curves.png   once every fold is done
+    RUN_DIR/{oof,test}.parquet, metrics.json   once every fold is done (then the report's figures)
 
 Which weights predict the OOF (``eval.oof_epoch``): ``last`` (default) uses
 the final epoch, chosen without looking at the validation fold. ``best`` keeps
@@ -37,13 +37,15 @@ import torch
 
 from melanet import metrics as M
 from melanet.cohort import labelled_mask, read_cohort
-from melanet.config import config_from_run, config_to_yaml
+from melanet.config import config_to_yaml
 from melanet.console import console, progress
 from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean
 from melanet.features import MetaEncoder, build_features
 from melanet.io import read_json, write_csv, write_json, write_text
-from melanet.runs import (RunDir, TargetSpec, check_out_dir, check_run, comparable_config, fingerprint, merge_folds,
-                          predictions_frame, read_exclude, resolve_target, run_identity)
+from melanet.report import after_stage
+from melanet.runs import (CONFIG_FILE, RunDir, TargetSpec, check_out_dir, check_run, comparable_config, fingerprint,
+                          merge_folds, predictions_frame, read_config, read_exclude, resolve_target, run_identity)
+from melanet.train import staged
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
                                 drop_meta, make_loader, mix_batch, to_device, to_nchw)
 from melanet.train.device import (autocast, default_workers, gpu_memory_gib, loader_settings, make_fabric,
@@ -132,7 +134,7 @@ def build_model(cfg: FusionConfig, n_meta: int, n_outputs: int) -> FusionNet:
     model = FusionNet(m.backbone, n_meta, n_outputs, use_meta=m.use_meta, meta_hidden=m.meta_hidden,
                       meta_dropout=m.meta_dropout, head_dropout=m.head_dropout, head_samples=m.head_samples,
                       pretrained=m.pretrained, pretrained_path=m.pretrained_path, drop_path_rate=m.drop_path_rate,
-                      image_aux_head=m.image_aux_weight > 0)
+                      image_aux_head=m.image_aux_weight > 0 or cfg.train.meta_epochs > 0)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 
@@ -352,6 +354,9 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
         run.unmark_done(k)
     fabric.seed_everything(cfg.seed + k, verbose=False)
     trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=cfg.seed + k)
+    staged_fit = cfg.train.meta_epochs > 0 and trainer.raw.meta is not None
+    if staged_fit:
+        staged.begin_image_stage(trainer.raw, trainer.predictor)
     history: list[dict] = []
     best: tuple[float, int, dict] | None = None
     y_val = data.labels[val_rows]
@@ -387,6 +392,14 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
     if best is not None:
         used = best[1]
         trainer.predictor.load_state_dict(best[2])
+    if staged_fit:
+        rows = staged.run_meta_stage(trainer, val_rows, lambda p: _val_metric(data.spec, y_val, p), epochs + 1)
+        history += rows
+        if rank0:
+            for row in rows:
+                console.print(_epoch_line(k, row, metric, epochs + cfg.train.meta_epochs), highlight=False,
+                              soft_wrap=True)
+            write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
     oof_prob = trainer.predict(val_rows, tta=cfg.eval.tta)
     test_prob = trainer.predict(test_rows, tta=cfg.eval.tta)
     info = {"fold": k, "epoch_used": used, "epochs": epochs, "seconds": round(time.perf_counter() - started, 2),
@@ -490,50 +503,22 @@ def _spec(info: dict) -> TargetSpec:
     return TargetSpec(column=info["target"], classes=info["classes"], positive_class=info["positive_class"])
 
 
-def plot_training_curves(run: RunDir, folds: list[int]) -> Path:
-    """``training_curves.png``: train/val loss, validation metric and learning rate per epoch, per fold."""
-    from melanet import plots
-
-    panels: dict[str, dict] = {"loss": {}, "validation metric": {}, "learning rate": {}}
-    for k in folds:
-        path = run.fold_dir(k) / "history.csv"
-        if not path.is_file():
-            continue
-        h = pd.read_csv(path)
-        x = h["epoch"].to_numpy()
-        metric = next(c for c in h.columns if c.startswith("val_") and c != "val_loss")
-        panels["loss"][f"fold {k} train"] = (x, h["train_loss"].to_numpy(float))
-        panels["loss"][f"fold {k} val"] = (x, h["val_loss"].to_numpy(float))
-        panels["validation metric"][f"fold {k} {metric.removeprefix('val_')}"] = (x, h[metric].to_numpy(float))
-        panels["learning rate"][f"fold {k}"] = (x, h["lr"].to_numpy(float))
-    out = run.path / "training_curves.png"
-    plots.save_png(plots.curves_plot({k: v for k, v in panels.items() if v}, "epoch"), out)
-    return out
-
-
 def merge(run_dir: str | Path) -> dict:
-    """Merge per-fold outputs into oof.parquet, test.parquet, metrics.json and training_curves.png.
+    """Merge per-fold outputs into oof.parquet, test.parquet and metrics.json, complete the run, then report it.
 
-    Refuses while a fold is missing. Writes report.html too when melanet.report is installed.
+    Refuses while a fold is missing. The report (report.html, training_curves.png...) is written by
+    :func:`melanet.report.after_stage`; a failed report leaves the complete run with a warning.
     """
     run = RunDir.open(run_dir, "fusion", "melanet merge")
     info = _run_info(run)
     spec = _spec(info)
     _, _, metrics = merge_folds(run, info["folds"], spec)
-    plot_training_curves(run, info["folds"])
     run.complete(["config.yaml", "oof.parquet", "test.parquet", "metrics.json"], folds=info["folds"])
     primary = metrics["primary_metric"]
     per_fold = "  ".join(f"{k}: {v.get(primary, float('nan')):.4f}" for k, v in metrics["per_fold"].items())
     console.print(f"OOF {primary} {metrics['overall'].get(primary, float('nan')):.4f}  (per fold {per_fold})",
                   highlight=False, soft_wrap=True)
-    try:
-        from melanet import report
-    except ImportError:
-        return metrics
-    try:
-        report.run(run.path)
-    except Exception as exc:  # the run's artifacts are complete; a report failure must not hide that
-        console.print(f"[yellow]warning:[/] report.html not written: {exc}")
+    after_stage(run.path)
     return metrics
 
 
@@ -551,7 +536,7 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
     """
     record = check_run(run_dir, ("fusion",), reader="predict")
     run = RunDir(record.path, run_id=record.run_id, kind="fusion")
-    cfg = config_from_run(FusionConfig, record.verify("config.yaml").parent)
+    cfg = read_config(record.verify(CONFIG_FILE).parent, FusionConfig)
     info = _run_info(run)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and cfg.engine.accelerator != "cpu" else "cpu"))
     precision = resolve_precision(cfg.engine.precision, dev.type)

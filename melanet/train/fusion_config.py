@@ -88,6 +88,11 @@ class TrainConfig(StageConfig):
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights (timm ModelEmaV3, with "
                                       "warm-up) and predict with it; e.g. 0.99 for a few hundred steps. null = off.")
     meta_drop_p: float = Field(0.0, ge=0, le=1, description="Per-sample probability of blanking all metadata.")
+    meta_epochs: int = Field(
+        0, ge=0, description="> 0: staged training (melanet/train/staged.py): `epochs` on the pixels alone, then this "
+                             "many epochs fitting the metadata MLP and fused head on the frozen backbone's features; "
+                             "0 = joint training.")
+    meta_lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate of the staged metadata epochs.")
     workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader workers per process; auto = on CPU 1 per spare core, at most 4; on a GPU "
                             "the process's share of the cores less one for itself, at most 16.")

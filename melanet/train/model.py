@@ -17,6 +17,7 @@ from torch import nn
 
 from melanet.errors import ConfigError, WeightsNotFoundError, did_you_mean
 from melanet.io import atomic_path
+from melanet.train.pretrained import load_into_backbone, read_state_dict, resolve_weights_path
 
 # ImageNet statistics: timm's default when a backbone's pretrained config names none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,10 +59,11 @@ def _cached_weights(name: str) -> Path | None:
 def pretrained_source(name: str, pretrained_path: str | Path | None = None) -> Path:
     """The local file pretrained weights for backbone ``name`` come from; never downloads.
 
-    ``pretrained_path`` if given, else the file in the local Hugging Face cache;
+    ``pretrained_path`` if given (a file, or an installed weights package by name:
+    melanet.train.pretrained.PACKAGED_WEIGHTS), else the file in the local Hugging Face cache;
     WeightsNotFoundError naming the options to change when there is none.
     """
-    source = Path(pretrained_path) if pretrained_path else _cached_weights(name)
+    source = resolve_weights_path(pretrained_path) if pretrained_path else _cached_weights(name)
     if source is None or not source.is_file():
         where = f"model.pretrained_path={pretrained_path!s} does not exist" if pretrained_path else (
             f"no weights for {name!r} in the local Hugging Face cache and no model.pretrained_path")
@@ -78,8 +80,11 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path: str | 
     """A timm backbone returning pooled features (``num_classes=0``).
 
     ``pretrained`` loads ``pretrained_path`` (.safetensors, or a .pth/.bin read
-    with ``weights_only=True``) or else the weights in the local Hugging Face
-    cache; nothing is downloaded. Missing weights raise WeightsNotFoundError
+    with ``weights_only=True``; or a weights package by name) or else the weights
+    in the local Hugging Face cache; nothing is downloaded. A file with timm's
+    tensor names loads through timm; one from another implementation of the
+    same network is mapped by order, every shape checked
+    (:func:`melanet.train.pretrained.load_into_backbone`). Missing weights raise WeightsNotFoundError
     naming the option to change.
     """
     import timm
@@ -91,20 +96,17 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path: str | 
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     source = pretrained_source(name, pretrained_path)
+    file_keys = set(read_state_dict(source))
+    scratch = timm.create_model(name, pretrained=False, **kwargs)
+    wanted = [k for k in scratch.state_dict() if not k.endswith("num_batches_tracked")]
+    if sum(k in file_keys for k in wanted) < 0.9 * len(wanted):
+        # Not timm's names: another implementation of the network, mapped by order with every shape checked.
+        return load_into_backbone(scratch, name, source)
     try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(source)}, **kwargs)
-        file_keys = set(timm.models.load_state_dict(str(source), weights_only=True))  # never unpickle code
     except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as exc:  # wrong net, corrupt file
         raise WeightsNotFoundError(f"weights {source} do not fit backbone {name!r}: {exc}; check "
                                    f"model.pretrained_path and model.backbone") from None
-    # timm loads non-strictly (the classifier is dropped), so a file for another
-    # network would silently leave random layers: count what it really covered.
-    wanted = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
-    missing = [k for k in wanted if k not in file_keys]
-    if len(missing) > 0.1 * len(wanted):
-        raise WeightsNotFoundError(f"weights {source} do not fit backbone {name!r}: {len(missing)} of {len(wanted)} "
-                                   f"tensors (e.g. {missing[0]!r}) are not in the file; check model.pretrained_path "
-                                   f"and model.backbone")
     return model
 
 
@@ -123,6 +125,11 @@ class FusionNet(nn.Module):
     both logits) and unused at prediction. Metadata is an easy shortcut on a
     small cohort; the auxiliary loss keeps the backbone learning the image
     cues the fused head would otherwise lean on metadata for.
+
+    ``image_stage`` (staged training, melanet.train.staged): while true the
+    model *is* the image-only model - ``forward`` returns the image head's
+    logits and ignores ``meta`` - so the backbone learns from the pixels
+    alone before the metadata branch is fitted on top.
     """
 
     def __init__(self, backbone: str, n_meta: int, n_outputs: int, *, use_meta: bool = True,
@@ -153,6 +160,7 @@ class FusionNet(nn.Module):
             width += h2
         self.dropouts = nn.ModuleList(nn.Dropout(head_dropout) for _ in range(max(1, head_samples)))
         self.head = nn.Linear(width, n_outputs)
+        self.image_stage = False
 
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features of a 0-255 image batch."""
@@ -179,6 +187,9 @@ class FusionNet(nn.Module):
                 with_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Logits; with ``with_aux`` the pair (fused logits, image-only logits or None)."""
         pooled = self.image_features(image)
+        if self.image_stage and self.image_head is not None:
+            logits = self._head(self.image_head, pooled)
+            return (logits, None) if with_aux else logits
         logits = self._head(self.head, self._fuse(pooled, meta))
         if not with_aux:
             return logits
