@@ -22,6 +22,10 @@ def hide(monkeypatch, *names: str) -> None:
         for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
             monkeypatch.setitem(sys.modules, loaded, None)
         monkeypatch.setitem(sys.modules, name, None)
+        # A shim that re-exports it (dask.distributed for distributed), once imported by an earlier test in this
+        # process, would stay importable from the cache: forget it, so that importing it again meets the hole.
+        for shim in [m for m in sys.modules if m.endswith("." + name)]:
+            monkeypatch.delitem(sys.modules, shim)
 
 
 def run_cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:

@@ -165,7 +165,7 @@ class OffsetModel:
         self.tree = make_tree() if tree is None else tree
         if tree is None and getattr(self.tree, "name", None) in METRIC_KEY:
             # early stopping (and the round curve) on AUC, the metric the stack is judged by
-            self.tree.params = {**self.tree.params, METRIC_KEY[self.tree.name]: "auc"}
+            self.tree.set_params(params={**(self.tree.params or {}), METRIC_KEY[self.tree.name]: "auc"})
 
     def __getattr__(self, name: str) -> Any:
         if name == "tree" or name.startswith("__"):
@@ -193,9 +193,17 @@ class OffsetModel:
         """Round count for the refit from early-stopped models of several inner splits (their ``curve_``)."""
         return best_round([m.curve_ for m in stopped if hasattr(m, "curve_")])
 
-    def with_rounds(self, rounds: int) -> OffsetModel:
-        """An unfitted copy that boosts exactly ``rounds`` rounds (the refit)."""
-        return OffsetModel(self.make_tree, self.columns, self.scale, tree=self.tree.with_rounds(rounds))
+    def __sklearn_clone__(self) -> OffsetModel:
+        """An unfitted copy with the same settings (:func:`sklearn.base.clone`; the refit clones, then sets
+        ``num_boost_round``)."""
+        from sklearn.base import clone
+
+        return OffsetModel(self.make_tree, self.columns, self.scale, tree=clone(self.tree))
+
+    def set_params(self, **params: Any) -> OffsetModel:
+        """Set the tree model's settings (``num_boost_round=...``); returns self."""
+        self.tree.set_params(**params)
+        return self
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         if not hasattr(self, "offset_"):
