@@ -199,9 +199,3 @@ def config_to_yaml(cfg: BaseModel) -> str:
     """The resolved config as YAML text (paths as strings), for ``config.yaml`` in a run."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
-
-def config_from_run(model_cls: type[C], run_dir: str | Path) -> C:
-    """Reload the resolved config a run wrote (kept for callers; the reader is :func:`melanet.runs.read_config`)."""
-    from melanet.runs import read_config  # runs imports this module
-
-    return read_config(run_dir, model_cls)

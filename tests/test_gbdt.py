@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from melanet.cli import app
 from melanet.cohort import REQUIRED_COLUMNS
-from melanet.config import config_from_run, load_config
+from melanet.config import load_config
 from melanet.errors import ArtifactError, ConfigError, InputDataError
 from melanet.io import read_json
-from melanet.runs import finish_run, evaluate, predictions_frame, resolve_target
+from melanet.runs import read_config, finish_run, evaluate, predictions_frame, resolve_target
 from melanet.train import gbdt
 
 SITES = ["TORSO", "LOWER EXTREMITY", "HEAD/NECK", "UPPER EXTREMITY"]
@@ -106,7 +106,7 @@ def test_oof_covers_every_labelled_row_once(data, lgb_run):
     importance = pd.read_csv(out / "feature_importance.csv")
     assert {"age", "sex", "site", "n_images_patient", "age_pat_diff"} <= set(importance["feature"])
     assert importance["gain"].is_monotonic_decreasing and (out / "feature_importance.png").stat().st_size > 0
-    assert config_from_run(gbdt.GBDTConfig, out).lightgbm["num_leaves"] == 7
+    assert read_config(out, gbdt.GBDTConfig).lightgbm["num_leaves"] == 7
     if importlib.util.find_spec("melanet.report"):  # written by another stage; skipped when absent
         assert (out / "report.html").is_file()
 
@@ -282,7 +282,7 @@ def test_tune_writes_best_params_into_the_run(data, tmp_path):
     gbdt.run(config(data[0], tmp_path / "tuned", "num_boost_round=60", tune=2))
     best = read_json(tmp_path / "tuned" / "tune.json")["best_params"]
     assert set(best) >= {"learning_rate", "num_leaves"}
-    used = config_from_run(gbdt.GBDTConfig, tmp_path / "tuned").lightgbm
+    used = read_config(tmp_path / "tuned", gbdt.GBDTConfig).lightgbm
     assert all(used[k] == v for k, v in best.items())
     assert len(pd.read_csv(tmp_path / "tuned" / "tune_trials.csv")) == 2
 
@@ -379,7 +379,7 @@ def test_small_data_settings_are_printed_and_written_resolved(data, tmp_path, ca
     gbdt.run(config(data_dir, out, "lightgbm.num_leaves=31", "lightgbm.lambda_l2=3.0"))
     printed = " ".join(capsys.readouterr().err.split())  # the console writes to stderr, wrapped at 80 columns
     assert "small-data settings" in printed and "num_leaves: 31 -> 7" in printed
-    used = config_from_run(gbdt.GBDTConfig, out)
+    used = read_config(out, gbdt.GBDTConfig)
     assert used.small_data.applied is True and used.inner_splits == 5
     assert used.lightgbm["num_leaves"] == 7 and used.lightgbm["max_depth"] == 3
     assert used.lightgbm["lambda_l2"] == 3.0  # set by the user: kept
@@ -392,7 +392,7 @@ def test_small_data_settings_are_printed_and_written_resolved(data, tmp_path, ca
     assert done["rounds"] == gbdt.refit_rounds(round(np.mean(done["inner_best_rounds"])), 0.2)
     off = config(data_dir, tmp_path / "off", "small_data.max_rows=0")
     gbdt.run(off)
-    assert config_from_run(gbdt.GBDTConfig, tmp_path / "off").small_data.applied is False
+    assert read_config(tmp_path / "off", gbdt.GBDTConfig).small_data.applied is False
     assert "small-data settings" not in capsys.readouterr().err
 
 
