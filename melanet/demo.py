@@ -135,8 +135,8 @@ def summary_table(src: Path, runs: Path) -> pd.DataFrame:
 
     truth = pd.read_csv(src / "truth.csv", dtype={"image_id": str})
     rows = []
-    names = {"image_only": "CNN image-only", "fusion": "CNN + metadata (fusion)", "gbdt": "GBDT metadata",
-             "gbdt_img": "GBDT metadata + fusion OOF", "blend": "blend"}
+    names = {"image_only": "CNN image-only", "fusion": "CNN + metadata (fusion)", "gbdt": "GBDT metadata + descriptors",
+             "gbdt_img": "GBDT metadata + descriptors + fusion OOF", "blend": "blend"}
     oof_ids = None
     for key, label in names.items():
         m = read_json(runs / key / "metrics.json")["overall"]
@@ -197,7 +197,7 @@ def _print_table(table: pd.DataFrame, seconds: float, out: Path) -> None:
     console.print(t)
     parts = table.set_index("model")["auc"]
     blend_auc = parts["blend"]
-    beaten = [m for m in ("CNN + metadata (fusion)", "GBDT metadata + fusion OOF", "GBDT metadata")
+    beaten = [m for m in ("CNN + metadata (fusion)", "GBDT metadata + descriptors + fusion OOF", "GBDT metadata + descriptors")
               if blend_auc > parts[m]]
     console.print(f"blend AUC {blend_auc:.4f} beats {len(beaten)}/3 of fusion, GBDT+OOF, GBDT; "
                   f"gap to the observable ceiling: {parts[OBSERVABLE_CEILING] - blend_auc:+.4f}")

@@ -23,8 +23,8 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_table_has_every_model_and_the_ceiling(demo_dir):
     out, _, table = demo_dir
-    assert list(table["model"]) == ["CNN image-only", "CNN + metadata (fusion)", "GBDT metadata",
-                                    "GBDT metadata + fusion OOF", "blend", demo.OBSERVABLE_CEILING,
+    assert list(table["model"]) == ["CNN image-only", "CNN + metadata (fusion)", "GBDT metadata + descriptors",
+                                    "GBDT metadata + descriptors + fusion OOF", "blend", demo.OBSERVABLE_CEILING,
                                     demo.TRUE_PROBABILITY]
     assert table["auc"].between(0, 1).all() and table["pauc80"].between(0, 0.2).all()
     assert (out / "summary.csv").is_file()
