@@ -197,8 +197,8 @@ def _print_table(table: pd.DataFrame, seconds: float, out: Path) -> None:
     console.print(t)
     parts = table.set_index("model")["auc"]
     blend_auc = parts["blend"]
-    beaten = [m for m in ("CNN + metadata (fusion)", "GBDT metadata + descriptors + fusion OOF", "GBDT metadata + descriptors")
-              if blend_auc > parts[m]]
+    rivals = ("CNN + metadata (fusion)", "GBDT metadata + descriptors + fusion OOF", "GBDT metadata + descriptors")
+    beaten = [m for m in rivals if blend_auc > parts[m]]
     console.print(f"blend AUC {blend_auc:.4f} beats {len(beaten)}/3 of fusion, GBDT+OOF, GBDT; "
                   f"gap to the observable ceiling: {parts[OBSERVABLE_CEILING] - blend_auc:+.4f}")
     console.print(f"reports: {out / 'runs' / '*' / 'report.html'}, EDA: {out / 'data' / 'eda.html'}")
