@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from melanet.errors import ConfigError, did_you_mean, unknown_choice
+from melanet.io import read_yaml_mapping
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -177,13 +178,7 @@ def load_config(
     if path is not None:
         resolved = resolve_config_path(path)
         source = str(resolved)
-        try:
-            loaded = yaml.safe_load(resolved.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{resolved}: not valid YAML ({exc}); fix the file") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{resolved}: expected a mapping of keys at the top level")
-        data = loaded
+        data = read_yaml_mapping(resolved, ConfigError, "fix the file")
     if extra:
         flags = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                  for k, v in extra.items() if v is not None]

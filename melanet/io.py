@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from melanet.errors import ArtifactError, ConfigError
 from melanet.runtime import umask
@@ -113,3 +114,15 @@ def read_table(path: str | Path, required: Sequence[str] = (), what: str = "tabl
             f"or the stage was interrupted - re-run the stage that writes it"
         )
     return df
+
+
+def read_yaml_mapping(path: str | Path, error: type[Exception], fix: str, where: str | None = None) -> dict:
+    """The top-level mapping of a YAML file; ``error(...)`` naming the file and ``fix`` when it is not one."""
+    where = where or str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{where}: not valid YAML ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{where}: expected a mapping of keys at the top level; {fix}")
+    return data

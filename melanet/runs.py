@@ -42,12 +42,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from melanet import metrics as M
 from melanet.config import build_config
 from melanet.errors import ArtifactError, InputDataError, MelanetError, did_you_mean
-from melanet.io import check_out_dir, read_json, read_table, write_json, write_parquet
+from melanet.io import check_out_dir, read_json, read_table, read_yaml_mapping, write_json, write_parquet
 
 ID_COLUMNS = ["image_id", "patient_id", "fold", "target"]
 RUN_FILE = "run.json"
@@ -560,12 +559,7 @@ def read_config(run_dir: str | Path, model_cls: type | None = None):
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ArtifactError(f"{path} not found: is {run_dir} a melanet run directory?")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ArtifactError(f"{path}: not valid YAML ({exc}); restore it or re-run the stage that wrote it") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: expected a mapping of keys; restore it or re-run the stage that wrote it")
+    data = read_yaml_mapping(path, ArtifactError, "restore it or re-run the stage that wrote it")
     return data if model_cls is None else build_config(model_cls, data, str(path))
 
 
