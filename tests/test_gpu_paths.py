@@ -82,8 +82,9 @@ def test_precision_auto_is_bf16_on_cuda_fp16_without_bf16_and_fp32_elsewhere():
 
 
 def test_default_worker_count_fits_the_cores_and_the_gpus():
-    # CPU: unchanged rule - one per core left after the processes, at most 4.
-    assert D.default_workers("auto", 1, "cpu", cores=2) == 1
+    # CPU: in-process batches up to 2 cores per process, else one per core left after the processes, at most 4.
+    assert D.default_workers("auto", 1, "cpu", cores=2) == 0  # a worker would pre-empt a compute thread
+    assert D.default_workers("auto", 1, "cpu", cores=4) == 3
     assert D.default_workers("auto", 1, "cpu", cores=32) == 4
     assert D.default_workers("auto", 2, "cpu", cores=2) == 0
     # CUDA: each GPU process gets its share of the cores, less one for itself, at most 16.

@@ -59,8 +59,13 @@ def default_workers(workers: int | str, world_size: int = 1, device_type: str = 
                     cores: int | None = None) -> int:
     """DataLoader workers per process; ``auto`` depends on the device.
 
-    CPU: one per core left after one per process, at most 4 per process (the
-    network competes with the workers for the same cores). CUDA: the process's
+    CPU: none (batches made in the training process) when a process has 2
+    cores or fewer, else one per core left after one per process, at most 4
+    per process. On CPU the loader's work is small next to the step (at 64 px
+    one core augments ~4,800 images/s while the step trains ~700 on 2 cores),
+    but a worker process pre-empts one of only two compute threads and every
+    parallel op waits for it: on 2 cores a full epoch cost +49% over the step
+    with 1 worker and +11% with none (``scripts/bench_train.py``). CUDA: the process's
     share of the node's cores less one for the process itself, at most 16 -
     the GPU outruns a CPU core's augmentation several times over (measured per
     worker by ``scripts/bench_train.py --loader-only``).
@@ -71,6 +76,8 @@ def default_workers(workers: int | str, world_size: int = 1, device_type: str = 
     procs = max(1, world_size)
     if device_type == "cuda":
         return max(1, min(16, cores // procs - 1))
+    if cores // procs <= 2:
+        return 0
     return max(0, min(4, (cores - procs) // procs))
 
 

@@ -104,8 +104,9 @@ class TrainConfig(StageConfig):
                              "0 = joint training.")
     meta_lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate of the staged metadata epochs.")
     workers: int | Literal["auto"] = Field(
-        "auto", description="DataLoader workers per process; auto = on CPU 1 per spare core, at most 4; on a GPU "
-                            "the process's share of the cores less one for itself, at most 16.")
+        "auto", description="DataLoader workers per process; auto = on CPU none with <= 2 cores per process, else 1 "
+                            "per spare core, at most 4; on a GPU the process's share of the cores less one for "
+                            "itself, at most 16.")
     preload_max_mb: float = Field(2048, ge=0, description="Hold resized images in RAM when they fit in this many MB.")
     channels_last: bool = Field(True, description="NHWC memory layout (faster convolutions on CPU and tensor cores).")
 
