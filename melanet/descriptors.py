@@ -174,13 +174,6 @@ def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.partition(values.ravel(), k)[k])
 
 
-@functools.lru_cache(maxsize=8)
-def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """x and y (H, W) float32 pixel coordinates (cached: read-only)."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return xs, ys
-
-
 @functools.lru_cache(maxsize=16)
 def _disc(diameter: int) -> np.ndarray:
     d = max(3, int(diameter) | 1)
@@ -471,13 +464,14 @@ def lesion_descriptors(rgb_uint8: np.ndarray, rule: str = "color") -> dict[str, 
         keep = mask
     mean, std = _masked_mean_std(lab, keep)
     kx, ky, major, minor, _, _ = _principal_frame(keep)
-    xs, ys = _pixel_grid(h, w)
+    ys, xs = np.nonzero(keep)
+    pix = lab[ys, xs]  # (n, 3), in the order of (ys, xs)
     halves = []
     for axis in (minor, major):  # split across the major axis (by the minor coordinate), then across the minor
-        coord = (xs - np.float32(kx)) * np.float32(axis[0]) + (ys - np.float32(ky)) * np.float32(axis[1])
-        a, b = keep & (coord > 0), keep & (coord < 0)
-        halves.append(float(np.linalg.norm(_masked_mean_std(lab, a)[0] - _masked_mean_std(lab, b)[0]))
-                      if a.any() and b.any() else 0.0)
+        coord = (xs - kx) * axis[0] + (ys - ky) * axis[1]
+        a, b = (coord > 0).astype(np.float32), (coord < 0).astype(np.float32)
+        na, nb = float(a.sum()), float(b.sum())
+        halves.append(float(np.linalg.norm(a @ pix / na - b @ pix / nb)) if na and nb else 0.0)
     ring_width = max(2, round(0.04 * max(h, w)))
     ring = cv2.dilate(mask.astype(np.uint8), _disc(2 * ring_width + 1)).astype(bool) & ~mask & info["fov"] \
         & ~info["hair"]
@@ -505,7 +499,7 @@ def lesion_descriptors(rgb_uint8: np.ndarray, rule: str = "color") -> dict[str, 
         "lesion_L_mean": float(mean[0]), "lesion_a_mean": float(mean[1]), "lesion_b_mean": float(mean[2]),
         "lesion_L_std": float(std[0]), "lesion_a_std": float(std[1]), "lesion_b_std": float(std[2]),
         "lesion_color_spread": float(math.sqrt(float((std ** 2).sum()))),
-        "lesion_n_colors": float(_color_clusters(lab[keep])),
+        "lesion_n_colors": float(_color_clusters(pix)),
         "lesion_delta_e": float(np.linalg.norm(skin - mean)),
         "lesion_delta_L": delta_l,
     })
