@@ -241,7 +241,8 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
                 row.update({k: v for k, v in lesion.items() if k != "version"})
             return {"row": row, "skipped": True}
     try:
-        rec = read_dicom(path, reader=settings["reader"], multiframe=settings["multiframe"])
+        rec = read_dicom(path, reader=settings["reader"], multiframe=settings["multiframe"],
+                         min_side=settings["image_size"])
     except DicomError as exc:
         return {"error": {"path": rel, "stage": exc.stage, "error": str(exc).replace(str(path), rel)}}
     except Exception as exc:  # a reader bug must not lose the file: record it with its type

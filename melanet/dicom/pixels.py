@@ -64,8 +64,14 @@ def frame_index(frames: int, multiframe: str) -> int | None:
     return {"first": 0, "middle": frames // 2}.get(multiframe) if frames > 1 else None
 
 
-def decode(ds: Dataset, multiframe: str = "middle") -> tuple[np.ndarray, str]:
+def decode(ds: Dataset, multiframe: str = "middle", min_side: int | None = None) -> tuple[np.ndarray, str]:
     """Decode the frame(s) that ``multiframe`` needs with pydicom's decoders.
+
+    ``min_side`` (pixels): the smallest side the caller needs (the cache size).
+    8-bit JPEG 2000 is then decoded at a reduced resolution level, halving both
+    sides as often as both stay at least ``min_side`` (:func:`jpeg2000_reduced`):
+    the wavelet's own low-pass picture, 4x less decoding work per level; the
+    picture is then smaller than Rows x Columns. Other data ignore it.
 
     Returns the array as the decoder gives it, colour left in its stored space
     (YCbCr is not converted here), and the photometric interpretation of that
@@ -89,6 +95,10 @@ def decode(ds: Dataset, multiframe: str = "middle") -> tuple[np.ndarray, str]:
         raise DicomError(f"no decoder installed for {tsyntax.name} ({tsyntax}) pixel data; "
                          f"pip install {packages}", stage="decoder")
     index = frame_index(number_of_frames(ds), multiframe)
+    if min_side and tsyntax in (JPEG2000, JPEG2000Lossless) and "pillow" in decoder.available_plugins:
+        reduced = jpeg2000_reduced(ds, index, min_side)
+        if reduced is not None:
+            return reduced
     fast = _FAST_PLUGINS.get(tsyntax)
     if fast is None and int(ds.get("BitsAllocated", 16) or 16) == 8:
         fast = _FAST_PLUGINS_8BIT.get(tsyntax)
@@ -102,8 +112,44 @@ def decode(ds: Dataset, multiframe: str = "middle") -> tuple[np.ndarray, str]:
     return arr, str(properties["photometric_interpretation"])
 
 
+def jpeg2000_reduced(ds: Dataset, index: int | None, min_side: int) -> tuple[np.ndarray, str] | None:
+    """One 8-bit unsigned JPEG 2000 frame decoded at the coarsest resolution level whose sides stay at least
+    ``min_side`` pixels (Pillow's OpenJPEG ``reduce``), as ``decode`` returns it; None when that is full
+    resolution, the data are not 8-bit unsigned, every frame is needed (``index`` None with several
+    frames), or anything fails (the caller then decodes in full as usual).
+
+    YBR_ICT / YBR_RCT come out RGB (OpenJPEG undoes the component transform), as from pydicom's plugin.
+    """
+    rows, cols = header_int(ds, "Rows", 0), header_int(ds, "Columns", 0)
+    levels = 0
+    while min(rows, cols) >> (levels + 1) >= min_side:
+        levels += 1
+    frames = number_of_frames(ds)
+    if (levels == 0 or header_int(ds, "BitsAllocated", 16) != 8 or header_int(ds, "PixelRepresentation", 0) != 0
+            or (index is None and frames > 1)):
+        return None
+    try:
+        from io import BytesIO
+
+        from PIL import Image
+        from pydicom.encaps import get_frame
+
+        image = Image.open(BytesIO(get_frame(ds.PixelData, index or 0, number_of_frames=frames)),
+                           formats=("JPEG2000",))
+        image.reduce = levels
+        arr = np.asarray(image)
+    except Exception:  # noqa: BLE001 - fewer resolution levels than asked, odd codestream: decode in full
+        return None
+    samples = header_int(ds, "SamplesPerPixel", 1)
+    if arr.dtype != np.uint8 or (arr.ndim == 3) != (samples == 3) or arr.shape[0] > rows:
+        return None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    return arr, "RGB" if photometric in ("YBR_ICT", "YBR_RCT") else photometric
+
+
 def to_uint8_rgb(ds: Dataset, arr: np.ndarray | None = None, multiframe: str = "middle", *,
-                 photometric: str | None = None, modality_lut: bool = True) -> np.ndarray:
+                 photometric: str | None = None, modality_lut: bool = True,
+                 min_side: int | None = None) -> np.ndarray:
     """The displayed picture of ``ds``: uint8 (rows, cols, 3) RGB at the stored resolution.
 
     ``arr`` is pixel data already decoded from ``ds`` (with or without a leading
@@ -138,7 +184,7 @@ def to_uint8_rgb(ds: Dataset, arr: np.ndarray | None = None, multiframe: str = "
     """
     check_policy(multiframe)
     if arr is None:
-        arr, photometric = decode(ds, multiframe)
+        arr, photometric = decode(ds, multiframe, min_side)
     photometric = str(photometric or ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     colour = photometric not in MONOCHROME + ("PALETTE COLOR",)
     if arr.ndim == (3 if colour else 2):
