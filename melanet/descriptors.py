@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 
 #: Bumped whenever a change alters any value, so cached descriptors are recomputed.
-DESCRIPTOR_VERSION = 3
+DESCRIPTOR_VERSION = 4
 #: Side (pixels) the mask is computed at; descriptors are reported in pixels of the input image.
 WORK_SIDE = 96
 MIN_CONTRAST = 4.0  # ΔE: below it the image shows no lesion to segment

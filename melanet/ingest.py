@@ -189,9 +189,14 @@ def list_files(dicom_dir: Path, exclude: Path | None = None) -> list[Path]:
     return scan_folder(dicom_dir, exclude)[0]
 
 
+#: Bumped whenever decoding changes cached pixels for the same settings (2: 8-bit JPEG 2000 decoded at a
+#: reduced resolution level), so that a re-run does not mix entries of two decoders in one cache folder.
+PIXELS_VERSION = 2
+
+
 def settings_tag(settings: dict[str, Any]) -> str:
-    """Short stable name of a pixel-settings dict (the cache sub-folder)."""
-    text = ",".join(f"{k}={settings[k]}" for k in sorted(settings))
+    """Short stable name of a pixel-settings dict and :data:`PIXELS_VERSION` (the cache sub-folder)."""
+    text = ",".join(f"{k}={settings[k]}" for k in sorted(settings)) + f",pixels={PIXELS_VERSION}"
     return f"s{settings['image_size']}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
