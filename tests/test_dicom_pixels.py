@@ -148,6 +148,20 @@ def test_ycbcr_is_converted_exactly_once():
     np.testing.assert_allclose(_bar_centres(to_uint8_rgb(ds, raw)), expected, atol=6)
 
 
+def test_fast_ycbcr_conversion_equals_pydicoms():
+    from pydicom.pixels import convert_color_space
+
+    from melanet.dicom.pixels import ybr_full_to_rgb
+
+    values = np.arange(256, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(values[::5], values, values, indexing="ij"), axis=-1)  # every Cb, Cr; Y in 5s
+    frames = grid.reshape(2, -1, 256, 3)  # two frames, as a multi-frame decode gives them
+    ours, theirs = ybr_full_to_rgb(frames).astype(int), convert_color_space(frames, "YBR_FULL", "RGB")
+    assert ours.shape == theirs.shape
+    diff = np.abs(ours - theirs)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-5  # float32 sums differ only at exact halves
+
+
 def test_uncompressed_ybr_full_is_converted():
     rgb = to_uint8_rgb(make_dataset(colour_bars(), "YBR_FULL"))
     np.testing.assert_allclose(_bar_centres(rgb), [RED, GREEN, BLUE], atol=2)
