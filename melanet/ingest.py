@@ -54,7 +54,7 @@ from melanet.dicom.pixels import MULTIFRAME_POLICIES
 from melanet.dicom.readers import READERS
 from melanet.errors import DicomError, InputDataError
 from melanet.images import RESIZE_MODES, resize_square  # noqa: F401  (re-exported: melanet.ingest.resize_square)
-from melanet.io import atomic_path, check_out_dir, write_csv, write_json, write_parquet, write_text
+from melanet.io import atomic_open, atomic_path, check_out_dir, write_csv, write_json, write_parquet, write_text
 from melanet.optional import require
 from melanet.labels import (DICOM_SUFFIXES, EMPTY_TARGET, image_id_for, join_labels, precheck_keys,  # noqa: F401
                             prepare_labels, read_labels)
@@ -254,9 +254,8 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
         return {"error": {"path": rel, "stage": "decode",
                           "error": f"{type(exc).__name__}: {exc}".replace(str(path), rel)}}
     image = resize_square(rec.pixels, settings["image_size"], settings["resize"])
-    with atomic_path(cache_file) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, image, allow_pickle=False)
+    with atomic_open(cache_file) as fh:
+        np.save(fh, image, allow_pickle=False)
     meta = dict(rec.meta)
     raw_patient = meta.pop("patient_id_raw", None)
     study_uid = meta.pop("study_instance_uid", None)
