@@ -294,16 +294,6 @@ def _process_chunk(items: list[tuple[str, str]], out_dir: str, settings: dict[st
     return [process_file(Path(p), rel, Path(out_dir), settings, key, descriptors) for p, rel in items]
 
 
-def _process_chunk_in_worker(items: list[tuple[str, str]], out_dir: str, settings: dict[str, Any],
-                             key: bytes, descriptors: bool = True) -> list[dict[str, Any]]:
-    """:func:`_process_chunk` in a worker process: OpenCV single-threaded there, since the workers already
-    fill the cores and OpenCV's own threads on these small images only add waiting and switching."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    return _process_chunk(items, out_dir, settings, key, descriptors)
-
-
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -319,7 +309,7 @@ def _run_local(chunks: list[list], workers: int, args: tuple) -> Iterator[list[d
         for chunk in chunks:
             yield _process_chunk(chunk, *args)
         return
-    yield from imap_unordered(_process_chunk_in_worker, ((chunk, *args) for chunk in chunks), workers)
+    yield from imap_unordered(_process_chunk, ((chunk, *args) for chunk in chunks), workers)
 
 
 def _run_dask(chunks: list[list], scheduler: str | None, workers: int, args: tuple) -> Iterator[list[dict]]:
@@ -329,7 +319,7 @@ def _run_dask(chunks: list[list], scheduler: str | None, workers: int, args: tup
     with dask_client(scheduler, workers, needed_by="ingest --engine dask") as client:
         as_completed = require("dask.distributed", "ingest --engine dask").as_completed
 
-        futures = [client.submit(_process_chunk_in_worker, chunk, *args, pure=False) for chunk in chunks]
+        futures = [client.submit(_process_chunk, chunk, *args, pure=False) for chunk in chunks]
         for fut in as_completed(futures):
             yield fut.result()
             fut.release()
