@@ -134,17 +134,10 @@ def _to_work(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
 
-def _lab(rgb_uint8: np.ndarray) -> np.ndarray:
-    """CIELAB (D65), float32: L in 0-100, a and b in -128..127.
-
-    OpenCV's 8-bit conversion (a lookup table, ~20x faster than its float path)
-    quantises L to 0.4 units, far below the colour differences measured here.
-    """
-    lab8 = cv2.cvtColor(np.ascontiguousarray(rgb_uint8), cv2.COLOR_RGB2LAB)
-    # cv2.transform, not numpy broadcasting over the trailing axis of 3 (~10x slower on these small images)
-    return cv2.transform(lab8.astype(np.float32), _LAB_AFFINE)
-
-
+#: 8-bit OpenCV CIELAB -> L in 0-100, a and b in -128..127 (D65), for cv2.transform. OpenCV's 8-bit
+#: conversion (a lookup table, ~20x faster than its float path) quantises L to 0.4 units, far below the
+#: colour differences measured here. cv2.transform because numpy broadcasting over a trailing axis of 3 is
+#: ~10x slower on these small images (the same holds for the masked means: cv2.meanStdDev).
 _LAB_AFFINE = np.array([[100.0 / 255.0, 0, 0, 0], [0, 1, 0, -128.0], [0, 0, 1, -128.0]], np.float32)
 
 
@@ -215,13 +208,13 @@ def _field_of_view(lightness: np.ndarray, rad: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _rings(h: int, w: int, rings: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ring index (H, W) of each pixel among ``rings`` equal-width rings around the centre, the ring
-    centres (half sides), and the full-size radius map (cached: read-only)."""
+def _rings(h: int, w: int, rings: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ring index (H, W) of each pixel among ``rings`` equal-width rings around the centre and the ring
+    centres (half sides) (cached: read-only)."""
     rad = _radius_map(h, w)
     edges = np.linspace(0.0, float(rad.max()) + 1e-6, rings + 1)
     index = np.minimum(np.searchsorted(edges, rad, side="right") - 1, rings - 1)
-    return index, 0.5 * (edges[1:] + edges[:-1]), rad
+    return index, 0.5 * (edges[1:] + edges[:-1])
 
 
 def _vignette_gain(lightness: np.ndarray, fov: np.ndarray, rings: int = 12) -> np.ndarray | None:
@@ -237,7 +230,7 @@ def _vignette_gain(lightness: np.ndarray, fov: np.ndarray, rings: int = 12) -> n
         size = (max(1, round(w * 48 / max(h, w))), max(1, round(h * 48 / max(h, w))))
         lightness = cv2.resize(lightness, size, interpolation=cv2.INTER_AREA)
         fov = cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    ring_map, centres, _ = _rings(lightness.shape[0], lightness.shape[1], rings)
+    ring_map, centres = _rings(lightness.shape[0], lightness.shape[1], rings)
     ring = ring_map[fov]
     # 90th percentile per ring in one sort: L is in 0-100, so ring * 1000 + L orders by ring, then lightness.
     keys = np.sort(ring * 1000.0 + lightness[fov])
