@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 
 #: Bumped whenever a change alters any value, so cached descriptors are recomputed.
-DESCRIPTOR_VERSION = 3
+DESCRIPTOR_VERSION = 4
 #: Side (pixels) the mask is computed at; descriptors are reported in pixels of the input image.
 WORK_SIDE = 96
 MIN_CONTRAST = 4.0  # ΔE: below it the image shows no lesion to segment
@@ -65,7 +65,7 @@ MIN_CONTRAST_TO_SPREAD = 0.75  # lesion-vs-ring ΔE over the colour spread insid
 MIN_AREA_FRACTION = 0.003
 MAX_AREA_FRACTION = 0.92
 MAX_VIGNETTE_GAIN = 1.6
-COLOR_CLUSTER_MERGE_DE = 12.0  # k-means centres closer than this (ΔE) are one colour
+COLOR_CLUSTER_MERGE_DE = 12.0  # colours closer than this (ΔE) are one colour
 COLOR_CLUSTER_MIN_SHARE = 0.05  # a colour covers at least this share of the lesion
 
 RADIOLOGY_MODALITIES = frozenset({"CT", "MR", "CR", "DX", "MG", "PT", "NM", "XA", "RF", "US", "IO", "PX", "RG",
@@ -90,7 +90,7 @@ LESION_COLUMNS = [
     "lesion_L_mean", "lesion_a_mean", "lesion_b_mean",   # CIELAB mean colour of the lesion
     "lesion_L_std", "lesion_a_std", "lesion_b_std",      # CIELAB spread inside the lesion
     "lesion_color_spread",       # sqrt(sum of the three variances), ΔE units
-    "lesion_n_colors",           # distinct colour clusters (k-means, merged below 12 ΔE, >= 5 % each)
+    "lesion_n_colors",           # distinct colours (12 ΔE bins merged below 12 ΔE, >= 5 % each)
     "lesion_delta_e",            # CIE76 ΔE between lesion mean and the surrounding skin ring mean
     "lesion_delta_L",            # skin ring L* minus lesion L* (darkness)
 ]
@@ -134,16 +134,23 @@ def _to_work(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
 
-def _lab(rgb_uint8: np.ndarray) -> np.ndarray:
-    """CIELAB (D65), float32: L in 0-100, a and b in -128..127.
+#: 8-bit OpenCV CIELAB -> L in 0-100, a and b in -128..127 (D65), for cv2.transform. OpenCV's 8-bit
+#: conversion (a lookup table, ~20x faster than its float path) quantises L to 0.4 units, far below the
+#: colour differences measured here. cv2.transform because numpy broadcasting over a trailing axis of 3 is
+#: ~10x slower on these small images (the same holds for the masked means: cv2.meanStdDev).
+_LAB_AFFINE = np.array([[100.0 / 255.0, 0, 0, 0], [0, 1, 0, -128.0], [0, 0, 1, -128.0]], np.float32)
 
-    OpenCV's 8-bit conversion (a lookup table, ~20x faster than its float path)
-    quantises L to 0.4 units, far below the colour differences measured here.
-    """
-    lab = cv2.cvtColor(np.ascontiguousarray(rgb_uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
-    lab[..., 0] *= 100.0 / 255.0
-    lab[..., 1:] -= 128.0
-    return lab
+
+def _masked_mean_std(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) standard deviation of ``image`` (H, W, C) where ``mask`` is true."""
+    mean, std = cv2.meanStdDev(image, mask=mask.astype(np.uint8))
+    return mean.ravel(), std.ravel()
+
+
+def _distance_from(image: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """CIE76 ΔE (H, W) float32 of each pixel of a CIELAB image from one colour."""
+    diff = cv2.subtract(image, tuple(float(v) for v in colour) + (0.0,))
+    return cv2.sqrt(cv2.transform(cv2.multiply(diff, diff), np.ones((1, 3), np.float32)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -154,18 +161,40 @@ def _radius_map(h: int, w: int) -> np.ndarray:
     return np.sqrt(x[None, :] ** 2 + y[:, None] ** 2)
 
 
+def _quantile(values: np.ndarray, q: float) -> float:
+    """The ``q`` quantile (0-1) as the order statistic at ``round(q * (n - 1))`` (np.partition; no interpolation)."""
+    k = int(round(q * (values.size - 1)))
+    return float(np.partition(values.ravel(), k)[k])
+
+
+@functools.lru_cache(maxsize=16)
 def _disc(diameter: int) -> np.ndarray:
     d = max(3, int(diameter) | 1)
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
 
 
+@functools.lru_cache(maxsize=8)
+def _central(h: int, w: int) -> np.ndarray:
+    """Every other pixel's (``[::2, ::2]``) distance from the centre below 0.8 half sides (cached: read-only)."""
+    return _radius_map(h, w)[::2, ::2] < 0.8
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median of a 1-D array, by np.partition (a fraction of the cost on small arrays)."""
+    n = values.size
+    part = np.partition(values, [(n - 1) // 2, n // 2])
+    return float(0.5 * (part[(n - 1) // 2] + part[n // 2]))
+
+
 def _field_of_view(lightness: np.ndarray, rad: np.ndarray) -> np.ndarray:
     """False on dark border-connected regions lying mostly outside the inscribed circle (scope ring, corners)."""
-    central = lightness[::2, ::2][rad[::2, ::2] < 0.8]  # every other pixel: a percentile needs no more
-    ref = float(np.percentile(central, 75)) if central.size else float(lightness.max())
+    central = lightness[::2, ::2][_central(*lightness.shape)]  # every other pixel: a percentile needs no more
+    ref = _quantile(central, 0.75) if central.size else float(lightness.max())
     dark = (lightness < max(8.0, 0.3 * ref)).astype(np.uint8)
-    n, labels = cv2.connectedComponents(dark, connectivity=8)
     fov = np.ones(lightness.shape, bool)
+    if not (dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any()):
+        return fov  # nothing dark touches the border: no ring, no dark corners
+    n, labels = cv2.connectedComponents(dark, connectivity=8)
     if n <= 1:
         return fov
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -178,31 +207,41 @@ def _field_of_view(lightness: np.ndarray, rad: np.ndarray) -> np.ndarray:
     return fov
 
 
-def _vignette_gain(lightness: np.ndarray, rad: np.ndarray, fov: np.ndarray, rings: int = 12) -> np.ndarray:
-    """Per-pixel gain undoing radial darkening beyond the brightest ring (1 inside it).
+@functools.lru_cache(maxsize=8)
+def _rings(h: int, w: int, rings: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ring index (H, W) of each pixel among ``rings`` equal-width rings around the centre and the ring
+    centres (half sides) (cached: read-only)."""
+    rad = _radius_map(h, w)
+    edges = np.linspace(0.0, float(rad.max()) + 1e-6, rings + 1)
+    index = np.minimum(np.searchsorted(edges, rad, side="right") - 1, rings - 1)
+    return index, 0.5 * (edges[1:] + edges[:-1])
 
-    The ring levels are measured on a 48-pixel copy: vignetting is smooth, and this keeps it cheap.
+
+def _vignette_gain(lightness: np.ndarray, fov: np.ndarray, rings: int = 12) -> np.ndarray | None:
+    """Per-pixel gain (H, W) undoing radial darkening beyond the brightest ring (1 inside it); None when
+    no ring needs lifting.
+
+    The ring levels (90th percentile of lightness per ring, inside the field of
+    view) are measured on a 48-pixel copy: vignetting is smooth, and this keeps it cheap.
     """
-    full_rad = rad
     h, w = lightness.shape
+    full_rad = _radius_map(h, w)
     if max(h, w) > 48:
         size = (max(1, round(w * 48 / max(h, w))), max(1, round(h * 48 / max(h, w))))
         lightness = cv2.resize(lightness, size, interpolation=cv2.INTER_AREA)
         fov = cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-        rad = _radius_map(size[1], size[0])
-    edges = np.linspace(0.0, float(rad.max()) + 1e-6, rings + 1)
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    # 90th percentile per ring in one sort: pixels ordered by ring, then lightness.
-    ring = np.minimum(np.searchsorted(edges, rad[fov], side="right") - 1, rings - 1)
-    values = lightness[fov]
-    order = np.lexsort((values, ring))
+    ring_map, centres = _rings(lightness.shape[0], lightness.shape[1], rings)
+    ring = ring_map[fov]
+    # 90th percentile per ring in one sort: L is in 0-100, so ring * 1000 + L orders by ring, then lightness.
+    keys = np.sort(ring * 1000.0 + lightness[fov])
     counts = np.bincount(ring, minlength=rings)
+    if not len(keys):
+        return None
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    level = np.where(counts >= 8, values[order][np.minimum(starts + (0.9 * (counts - 1)).astype(int),
-                                                               max(len(values) - 1, 0))] if len(values) else 0.0,
-                     np.nan)
+    picks = np.minimum(starts + (0.9 * (counts - 1)).astype(int), len(keys) - 1)
+    level = np.where(counts >= 8, keys[picks] - np.arange(rings) * 1000.0, np.nan)
     if np.isnan(level).all():
-        return np.ones_like(lightness)
+        return None
     top = int(np.nanargmax(level))
     gain = np.ones(rings)
     for i in range(top + 1, rings):
@@ -210,6 +249,8 @@ def _vignette_gain(lightness: np.ndarray, rad: np.ndarray, fov: np.ndarray, ring
             gain[i] = min(MAX_VIGNETTE_GAIN, max(1.0, level[top] / level[i]))
         else:
             gain[i] = gain[i - 1]
+    if not (gain > 1.0).any():
+        return None
     return np.interp(full_rad, centres, gain).astype(np.float32)
 
 
@@ -217,31 +258,38 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     """Mask on the work-size image (None when it fails) and what the descriptors reuse."""
     h, w = work.shape[:2]
     rad = _radius_map(h, w)
-    lab = _lab(work)
+    lab8 = cv2.cvtColor(np.ascontiguousarray(work), cv2.COLOR_RGB2LAB)
+    lab = cv2.transform(lab8.astype(np.float32), _LAB_AFFINE)
     hair_kernel = _disc(max(h, w) / 24)
-    closed_l = cv2.morphologyEx(lab[..., 0], cv2.MORPH_CLOSE, hair_kernel)
+    # Rank filters (closing, median) run on the 8-bit planes: they commute with the affine map to CIELAB units.
+    planes8 = cv2.split(lab8)
+    closed_l = cv2.morphologyEx(planes8[0], cv2.MORPH_CLOSE, hair_kernel).astype(np.float32) * np.float32(100 / 255)
     fov = _field_of_view(closed_l, rad)
-    gain = _vignette_gain(closed_l, rad, fov)
-    corrected = bool((gain > 1.0).any())
+    gain = _vignette_gain(closed_l, fov)
+    corrected = gain is not None
     if corrected:
-        lab = _lab(np.clip(work * gain[..., None] + 0.5, 0, 255).astype(np.uint8))
+        lifted = cv2.multiply(work.astype(np.float32), cv2.merge([gain, gain, gain]))
+        lab8 = cv2.cvtColor(np.clip(lifted + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB)
+        lab = cv2.transform(lab8.astype(np.float32), _LAB_AFFINE)
+        planes8 = cv2.split(lab8)
+        closed_l = (cv2.morphologyEx(planes8[0], cv2.MORPH_CLOSE, hair_kernel).astype(np.float32)
+                    * np.float32(100 / 255))
     # Hair-free copy for the channel: hair is thin and dark, so a closing removes it from L, a median from a/b.
-    clean = np.empty_like(lab)
-    clean[..., 0] = cv2.morphologyEx(lab[..., 0], cv2.MORPH_CLOSE, hair_kernel) if corrected else closed_l
-    for i in (1, 2):
-        clean[..., i] = cv2.medianBlur(np.ascontiguousarray(lab[..., i]), 5)
-    hair = (clean[..., 0] - lab[..., 0]) > 10.0  # dark thin structures the closing removed
-    info = {"lab": lab, "clean": clean, "fov": fov, "hair": hair, "rad": rad}
+    clean_l = closed_l
+    clean_planes = [clean_l] + [cv2.medianBlur(planes8[i], 5).astype(np.float32) - np.float32(128) for i in (1, 2)]
+    clean = cv2.merge(clean_planes)
+    hair = (clean_l - lab[..., 0]) > 10.0  # dark thin structures the closing removed
+    info = {"lab": lab, "clean": clean, "clean_l": clean_l, "fov": fov, "hair": hair, "rad": rad}
     band = fov & (rad > 0.7)
-    if band.sum() < 20:
+    if np.count_nonzero(band) < 20:
         band = fov
-    if band.sum() < 20:
+    if np.count_nonzero(band) < 20:
         return None, info
-    skin = np.median(clean[band][::3], axis=0)  # a third of the band pixels: plenty for a median
-    channel = np.sqrt(((clean - skin) ** 2).sum(axis=2))
+    skin = np.array([_median(p[band][::3]) for p in clean_planes])  # a third of the band: plenty for a median
+    channel = _distance_from(clean, skin)
     channel = cv2.GaussianBlur(channel, (0, 0), max(0.8, max(h, w) / 160))
     inside = channel[fov]
-    if float(np.percentile(inside[::3], 95)) < MIN_CONTRAST:
+    if _quantile(inside[::3], 0.95) < MIN_CONTRAST:
         return None, info
     scaled = np.clip(inside / max(float(inside.max()), 1e-6) * 255.0, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(scaled.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
@@ -251,16 +299,12 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, small)
     binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, small)
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    best, best_score = 0, 0.0
-    for lab_id in range(1, n):
-        cx, cy = centroids[lab_id]
-        d = math.hypot((cx + 0.5) / w * 2 - 1, (cy + 0.5) / h * 2 - 1)
-        if d > 0.9:
-            continue
-        score = stats[lab_id, cv2.CC_STAT_AREA] * math.exp(-(d / 0.6) ** 2)
-        if score > best_score:
-            best, best_score = lab_id, score
-    if best == 0:
+    if n <= 1:
+        return None, info
+    d = np.hypot((centroids[1:, 0] + 0.5) / w * 2 - 1, (centroids[1:, 1] + 0.5) / h * 2 - 1)
+    score = np.where(d > 0.9, 0.0, stats[1:, cv2.CC_STAT_AREA] * np.exp(-(d / 0.6) ** 2))
+    best = int(np.argmax(score)) + 1
+    if score[best - 1] <= 0:
         return None, info
     mask = _fill_holes(labels == best)
     share = mask.sum() / max(1, fov.sum())
@@ -269,10 +313,10 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     # A lesion differs from the skin just around it by more than it varies inside (texture or noise
     # picked by the threshold does not).
     ring = cv2.dilate(mask.astype(np.uint8), _disc(max(h, w) / 16)).astype(bool) & ~mask & fov
-    if ring.sum() >= 10:
-        inside_px = clean[mask]
-        contrast = float(np.linalg.norm(inside_px.mean(axis=0) - clean[ring].mean(axis=0)))
-        if contrast < MIN_CONTRAST or contrast < MIN_CONTRAST_TO_SPREAD * float(np.sqrt(inside_px.var(axis=0).sum())):
+    if np.count_nonzero(ring) >= 10:
+        inside_mean, inside_std = _masked_mean_std(clean, mask)
+        contrast = float(np.linalg.norm(inside_mean - _masked_mean_std(clean, ring)[0]))
+        if contrast < MIN_CONTRAST or contrast < MIN_CONTRAST_TO_SPREAD * float(np.linalg.norm(inside_std)):
             return None, info
     info["skin"] = skin
     return mask, info
@@ -280,7 +324,7 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every region not reachable from the border through background filled."""
-    padded = np.pad(mask.astype(np.uint8), 1)
+    padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     flood = padded.copy()
     cv2.floodFill(flood, None, (0, 0), 1)
     return (padded | (1 - flood)).astype(bool)[1:-1, 1:-1]
@@ -303,16 +347,22 @@ def lesion_mask(rgb_uint8: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- descriptors
 
-def _principal_frame(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Pixel coordinates of ``mask`` along its principal axes (u major, v minor), eccentricity, major-axis angle."""
-    ys, xs = np.nonzero(mask)
-    pts = np.stack([xs, ys], axis=1).astype(np.float64)
-    pts -= pts.mean(axis=0)
-    cov = pts.T @ pts / len(pts) + np.eye(2) / 12.0  # + pixel extent: a 1-pixel line is not infinitely thin
-    evals, evecs = np.linalg.eigh(cov)  # ascending
-    major, minor = evecs[:, 1], evecs[:, 0]
-    ecc = math.sqrt(max(0.0, 1.0 - evals[0] / evals[1])) if evals[1] > 0 else 0.0
-    return pts @ major, pts @ minor, ecc, math.degrees(math.atan2(major[1], major[0]))
+def _principal_frame(mask: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray, float, float]:
+    """Centroid (x, y), major and minor axis unit vectors, eccentricity and major-axis angle (degrees) of ``mask``.
+
+    From the image moments of the mask (cv2.moments): the covariance of the
+    pixel coordinates plus 1/12 per axis, the extent of a pixel, so that a
+    one-pixel line is not infinitely thin.
+    """
+    m = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    sxx, syy, sxy = m["mu20"] / m["m00"] + 1 / 12.0, m["mu02"] / m["m00"] + 1 / 12.0, m["mu11"] / m["m00"]
+    half_gap = math.hypot(0.5 * (sxx - syy), sxy)  # eigenvalues of the 2x2 covariance: mean +- half_gap
+    big, small = 0.5 * (sxx + syy) + half_gap, 0.5 * (sxx + syy) - half_gap
+    theta = 0.5 * math.atan2(2.0 * sxy, sxx - syy)  # direction of the major axis
+    major = np.array([math.cos(theta), math.sin(theta)])
+    minor = np.array([-major[1], major[0]])
+    ecc = math.sqrt(max(0.0, 1.0 - small / big)) if big > 0 else 0.0
+    return m["m10"] / m["m00"], m["m01"] / m["m00"], major, minor, ecc, math.degrees(theta)
 
 
 def _flip_asymmetry(mask: np.ndarray, angle_deg: float) -> tuple[float, float]:
@@ -322,9 +372,11 @@ def _flip_asymmetry(mask: np.ndarray, angle_deg: float) -> tuple[float, float]:
     at the canvas centre (bilinear, so the rounding of pixel positions does not
     read as asymmetry), then flipped up-down and left-right.
     """
-    ys, xs = np.nonzero(mask)
-    cx, cy = xs.mean(), ys.mean()
-    side = int(math.ceil(math.hypot(*mask.shape))) + 4
+    m = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    cx, cy = m["m10"] / m["m00"], m["m01"] / m["m00"]
+    x, y, bw, bh = cv2.boundingRect(mask.astype(np.uint8))
+    reach = max(math.hypot(px - cx, py - cy) for px in (x, x + bw) for py in (y, y + bh))
+    side = 2 * int(math.ceil(reach)) + 4  # holds the lesion at any angle; a larger canvas adds only zeros
     rot = cv2.getRotationMatrix2D((float(cx), float(cy)), angle_deg, 1.0)
     rot[:, 2] += ((side - 1) / 2.0 - cx, (side - 1) / 2.0 - cy)
     upright = cv2.warpAffine(mask.astype(np.float32), rot, (side, side), flags=cv2.INTER_LINEAR)
@@ -333,33 +385,41 @@ def _flip_asymmetry(mask: np.ndarray, angle_deg: float) -> tuple[float, float]:
             float(np.abs(upright - upright[:, ::-1]).sum()) / total)
 
 
-def _color_clusters(lab_pixels: np.ndarray, k: int = 6, max_points: int = 1500, seed: int = 0) -> int:
-    """Distinct colours: k-means, then centres closer than COLOR_CLUSTER_MERGE_DE merged, small ones dropped."""
-    if len(lab_pixels) < k * 4:
+def _color_clusters(lab_pixels: np.ndarray) -> int:
+    """Distinct colours of a lesion's CIELAB pixels (n, 3).
+
+    The pixels are binned on a CIELAB grid of ``COLOR_CLUSTER_MERGE_DE`` (a
+    quantisation, no iterative clustering); each bin holding at least 0.5 % of
+    the pixels is a colour at its pixels' mean, weighted by its share; the
+    closest pair of colours closer than ``COLOR_CLUSTER_MERGE_DE`` is merged
+    (weighted mean) until none is (a colour split by a bin edge becomes one);
+    colours covering at least ``COLOR_CLUSTER_MIN_SHARE`` of the lesion are counted.
+    """
+    if len(lab_pixels) > 600:  # a share of 0.5 % needs no more pixels than this
+        lab_pixels = lab_pixels[::int(math.ceil(len(lab_pixels) / 600))]
+    n = len(lab_pixels)
+    if n < 24:
         return 1
-    rng = np.random.default_rng(seed)
-    pts = lab_pixels if len(lab_pixels) <= max_points else lab_pixels[rng.choice(len(lab_pixels), max_points,
-                                                                                   replace=False)]
-    pts = np.ascontiguousarray(pts, dtype=np.float32)
-    cv2.setRNGSeed(seed)
-    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 15, 0.5)
-    _, labels, centres = cv2.kmeans(pts, k, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
-    share = np.bincount(labels.ravel(), minlength=k) / len(pts)
-    # Greedy agglomeration: merge the closest pair of centres until all are at least the merge distance apart.
-    groups = [(centres[i].astype(np.float64), share[i]) for i in range(k) if share[i] > 0]
+    q = np.floor(lab_pixels * np.float32(1.0 / COLOR_CLUSTER_MERGE_DE)).astype(np.int64)
+    key = (q[:, 0] * 64 + (q[:, 1] + 32)) * 64 + (q[:, 2] + 32)  # |a|, |b| < 128: bins -11..10 fit in 64
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    sums = np.stack([np.bincount(inverse, weights=lab_pixels[:, i], minlength=len(counts)) for i in range(3)], 1)
+    groups = [((sums[k] / counts[k]).tolist(), counts[k] / n) for k in np.flatnonzero(counts >= 0.005 * n)]
+    limit = COLOR_CLUSTER_MERGE_DE ** 2
     while len(groups) > 1:
-        best, pair = COLOR_CLUSTER_MERGE_DE, None
-        for i in range(len(groups)):
+        best, pair = limit, None
+        for i, (ci, _) in enumerate(groups):
             for j in range(i + 1, len(groups)):
-                dist = float(np.linalg.norm(groups[i][0] - groups[j][0]))
-                if dist < best:
-                    best, pair = dist, (i, j)
+                cj = groups[j][0]
+                d2 = (ci[0] - cj[0]) ** 2 + (ci[1] - cj[1]) ** 2 + (ci[2] - cj[2]) ** 2
+                if d2 < best:
+                    best, pair = d2, (i, j)
         if pair is None:
             break
         (ci, si), (cj, sj) = groups[pair[0]], groups[pair[1]]
-        merged = ((ci * si + cj * sj) / (si + sj), si + sj)
-        groups = [g for n, g in enumerate(groups) if n not in pair] + [merged]
-    return int(sum(s >= COLOR_CLUSTER_MIN_SHARE for _, s in groups))
+        groups[pair[0]] = ([(a * si + b * sj) / (si + sj) for a, b in zip(ci, cj)], si + sj)
+        del groups[pair[1]]
+    return max(1, sum(share >= COLOR_CLUSTER_MIN_SHARE for _, share in groups))
 
 
 def lesion_descriptors(rgb_uint8: np.ndarray, rule: str = "color") -> dict[str, float | bool]:
@@ -381,35 +441,37 @@ def lesion_descriptors(rgb_uint8: np.ndarray, rule: str = "color") -> dict[str, 
         return out
     h, w = work.shape[:2]
     side = float(max(rgb_uint8.shape[:2]))
-    area = float(mask.sum())
+    area = float(np.count_nonzero(mask))
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=cv2.contourArea)
     perimeter = float(cv2.arcLength(contour, True))
     hull_area = float(cv2.contourArea(cv2.convexHull(contour)))
     polygon_area = float(cv2.contourArea(contour))  # same polygon convention as the hull
     diameter = math.sqrt(4.0 * area / math.pi)
-    _, _, ecc, angle = _principal_frame(mask)
+    _, _, major, minor, ecc, angle = _principal_frame(mask)
     asym_major, asym_minor = _flip_asymmetry(mask, angle)
 
-    lab, clean = info["lab"], info["clean"]
+    lab = info["lab"]
     keep = mask & ~info["hair"]
-    if keep.sum() < 10:
+    if np.count_nonzero(keep) < 10:
         keep = mask
-    pix = lab[keep]
-    mean, std = pix.mean(axis=0), pix.std(axis=0)
+    mean, std = _masked_mean_std(lab, keep)
+    kx, ky, major, minor, _, _ = _principal_frame(keep)
     ys, xs = np.nonzero(keep)
-    coords_u, coords_v, _, _ = _principal_frame(keep)
+    pix = lab[ys, xs]  # (n, 3), in the order of (ys, xs)
     halves = []
-    for side_values in (coords_v, coords_u):  # split across the major axis (by v), then the minor (by u)
-        a, b = pix[side_values > 0], pix[side_values < 0]
-        halves.append(float(np.linalg.norm(a.mean(axis=0) - b.mean(axis=0))) if len(a) and len(b) else 0.0)
+    for axis in (minor, major):  # split across the major axis (by the minor coordinate), then across the minor
+        coord = (xs - kx) * axis[0] + (ys - ky) * axis[1]
+        a, b = (coord > 0).astype(np.float32), (coord < 0).astype(np.float32)
+        na, nb = float(a.sum()), float(b.sum())
+        halves.append(float(np.linalg.norm(a @ pix / na - b @ pix / nb)) if na and nb else 0.0)
     ring_width = max(2, round(0.04 * max(h, w)))
     ring = cv2.dilate(mask.astype(np.uint8), _disc(2 * ring_width + 1)).astype(bool) & ~mask & info["fov"] \
         & ~info["hair"]
-    skin = lab[ring].mean(axis=0) if ring.sum() >= 10 else info["skin"]
+    skin = _masked_mean_std(lab, ring)[0] if np.count_nonzero(ring) >= 10 else info["skin"]
     delta_l = float(skin[0] - mean[0])
-    grad = cv2.magnitude(cv2.Sobel(clean[..., 0], cv2.CV_32F, 1, 0, ksize=3) / 8.0,
-                         cv2.Sobel(clean[..., 0], cv2.CV_32F, 0, 1, ksize=3) / 8.0)
+    grad = cv2.magnitude(cv2.Sobel(info["clean_l"], cv2.CV_32F, 1, 0, ksize=3) / 8.0,
+                         cv2.Sobel(info["clean_l"], cv2.CV_32F, 0, 1, ksize=3) / 8.0)
     edge_grad = float(grad[contour[:, 0, 1], contour[:, 0, 0]].mean())
     blur = abs(delta_l) / max(edge_grad, 1e-3) / max(diameter / 2.0, 1.0)
 

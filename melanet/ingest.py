@@ -54,7 +54,7 @@ from melanet.dicom.pixels import MULTIFRAME_POLICIES
 from melanet.dicom.readers import READERS
 from melanet.errors import DicomError, InputDataError
 from melanet.images import RESIZE_MODES, resize_square  # noqa: F401  (re-exported: melanet.ingest.resize_square)
-from melanet.io import atomic_path, check_out_dir, write_csv, write_json, write_parquet, write_text
+from melanet.io import atomic_open, atomic_path, check_out_dir, write_csv, write_json, write_parquet, write_text
 from melanet.optional import require
 from melanet.labels import (DICOM_SUFFIXES, EMPTY_TARGET, image_id_for, join_labels, precheck_keys,  # noqa: F401
                             prepare_labels, read_labels)
@@ -189,9 +189,14 @@ def list_files(dicom_dir: Path, exclude: Path | None = None) -> list[Path]:
     return scan_folder(dicom_dir, exclude)[0]
 
 
+#: Bumped whenever decoding changes cached pixels for the same settings (2: 8-bit JPEG 2000 decoded at a
+#: reduced resolution level), so that a re-run does not mix entries of two decoders in one cache folder.
+PIXELS_VERSION = 2
+
+
 def settings_tag(settings: dict[str, Any]) -> str:
-    """Short stable name of a pixel-settings dict (the cache sub-folder)."""
-    text = ",".join(f"{k}={settings[k]}" for k in sorted(settings))
+    """Short stable name of a pixel-settings dict and :data:`PIXELS_VERSION` (the cache sub-folder)."""
+    text = ",".join(f"{k}={settings[k]}" for k in sorted(settings)) + f",pixels={PIXELS_VERSION}"
     return f"s{settings['image_size']}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -241,16 +246,16 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
                 row.update({k: v for k, v in lesion.items() if k != "version"})
             return {"row": row, "skipped": True}
     try:
-        rec = read_dicom(path, reader=settings["reader"], multiframe=settings["multiframe"])
+        rec = read_dicom(path, reader=settings["reader"], multiframe=settings["multiframe"],
+                         min_side=settings["image_size"])
     except DicomError as exc:
         return {"error": {"path": rel, "stage": exc.stage, "error": str(exc).replace(str(path), rel)}}
     except Exception as exc:  # a reader bug must not lose the file: record it with its type
         return {"error": {"path": rel, "stage": "decode",
                           "error": f"{type(exc).__name__}: {exc}".replace(str(path), rel)}}
     image = resize_square(rec.pixels, settings["image_size"], settings["resize"])
-    with atomic_path(cache_file) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, image, allow_pickle=False)
+    with atomic_open(cache_file) as fh:
+        np.save(fh, image, allow_pickle=False)
     meta = dict(rec.meta)
     raw_patient = meta.pop("patient_id_raw", None)
     study_uid = meta.pop("study_instance_uid", None)

@@ -124,7 +124,7 @@ def recover(data_dir: Path) -> int:
     for stale in data_dir.glob(f"{STAGING_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
         removed += 1
-    # io.atomic_path names its temporaries ".<name>.<random>.tmp" beside the target.
+    # io.atomic_path and io.atomic_open name their temporaries ".<name>.<pid>-<n>.tmp" beside the target.
     for tmp in data_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
         removed += 1

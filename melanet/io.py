@@ -8,35 +8,69 @@ leaves a file that looks complete but is not.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 import yaml
 
 from melanet.errors import ArtifactError, ConfigError
-from melanet.runtime import umask
+
+
+_TEMP_COUNTER = itertools.count()
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create and open ``.<name>.<pid>-<n>.tmp`` beside ``path`` (O_EXCL; the folder made if missing).
+
+    Mode 0o666 less the umask, as for any file the process creates (the kernel
+    applies the umask): artifacts are shared like any file. Four system calls
+    fewer than mkstemp + chmod + mkdir per write: on a busy disk the image
+    cache's two writes per file cost ~1 ms less.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{next(_TEMP_COUNTER)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # a leftover of a killed process that had the same pid
+            continue
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_path = _create_temp(path)
     os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes 0600; artifacts are shared like any file
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Yield a file open for writing under a temporary name beside ``path``; rename it onto ``path`` if the
+    block succeeds (``mode``: ``"wb"`` or ``"w"``)."""
+    path = Path(path)
+    fd, tmp_path = _create_temp(path)
+    try:
+        with open(fd, mode, closefd=True) as fh:
+            yield fh
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
 
 
 def check_out_dir(path: str | Path, option: str = "--out") -> Path:
@@ -52,14 +86,14 @@ def check_out_dir(path: str | Path, option: str = "--out") -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
     return Path(path)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
     return Path(path)
 
 

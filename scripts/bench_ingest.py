@@ -13,11 +13,17 @@ and the cache formats (load .npy vs decode PNG vs decode the DICOM again).
 Ratios > 1 mean faster than the baseline. With ``--repeats N`` every timing is
 taken N times (interleaved, each ingest into a fresh folder) and printed as the
 median with the min-max spread: on a shared machine one run is not a measurement.
+Beside wall seconds it prints CPU seconds (this process and its workers): on a
+busy machine the descriptor share and the extra CPU of 2 workers read from
+those, while the speed-up of 2 workers needs an idle machine; the load average
+before and after and the cores this process may use are printed with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -55,11 +61,23 @@ def main() -> None:
                                   workers=workers, image_size=args.cache_size, eda=False, descriptors=descriptors)
         ingest.run(cfg)
 
-    def timed(fn, *a) -> float:
-        t0 = time.perf_counter()
-        fn(*a)
-        return time.perf_counter() - t0
+    cpu: dict[str, list[float]] = {}
 
+    def cpu_seconds() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime  # workers count once reaped
+
+    def timed(fn, *a, name: str | None = None) -> float:
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        fn(*a)
+        wall = time.perf_counter() - t0
+        if name is not None:
+            cpu.setdefault(name, []).append(cpu_seconds() - c0)
+        return wall
+
+    from melanet.runtime import available_cores
+
+    load_before = os.getloadavg()
     bare_loop()  # warm the page cache and import decoders once
     # name -> (workers, descriptors); None is the bare decode loop
     runs = {"bare pydicom decode loop": None, "ingest --workers 1": (1, True), "ingest --workers 1, no descr.": (1, False),
@@ -68,10 +86,10 @@ def main() -> None:
     for k in range(args.repeats):  # interleaved, so a burst of load on the shared machine hits every run alike
         for name, spec in runs.items():
             if spec is None:
-                times[name].append(timed(bare_loop))
+                times[name].append(timed(bare_loop, name=name))
                 continue
             out = work / f"ingest-{k}"  # a fresh folder: every run decodes every file
-            times[name].append(timed(ingest_run, spec[0], out, spec[1]))
+            times[name].append(timed(ingest_run, spec[0], out, spec[1], name=name))
             shutil.rmtree(out, ignore_errors=True)
     ingest_run(2, work / "data2")
     times["ingest re-run (unchanged)"] = [timed(ingest_run, 2, work / "data2") for _ in range(args.repeats)]
@@ -92,14 +110,23 @@ def main() -> None:
 
     n = len(files)
     print(f"files: {n} synthetic DICOM ({args.image_size} px) -> cache {args.cache_size} px; work dir {work}")
-    print(f"{'run':<32}{'seconds':>9}{'files/s':>10}{'vs bare decode':>16}   spread of {args.repeats} (min-max s)")
+    print(f"load average (1 min) {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
+          f"{available_cores()} core(s) usable")
+    print(f"{'run':<32}{'seconds':>9}{'files/s':>10}{'vs bare decode':>16}{'CPU s':>8}   spread of {args.repeats} "
+          f"(min-max s)")
     for name, secs in times.items():
         sec = float(np.median(secs))
-        print(f"{name:<32}{sec:>9.2f}{n / sec:>10.1f}{base / sec:>15.2f}x   {min(secs):.2f}-{max(secs):.2f}")
+        cpu_s = f"{np.median(cpu[name]):>8.2f}" if name in cpu else f"{'':>8}"
+        print(f"{name:<32}{sec:>9.2f}{n / sec:>10.1f}{base / sec:>15.2f}x{cpu_s}   {min(secs):.2f}-{max(secs):.2f}")
     for w in (1, 2):
         on, off = (np.asarray(times[f"ingest --workers {w}{s}"]) for s in ("", ", no descr."))
+        con, coff = (np.asarray(cpu[f"ingest --workers {w}{s}"]) for s in ("", ", no descr."))
         print(f"descriptors add (workers {w}): {np.median(on) / np.median(off) - 1:+.0%} of the ingest time "
-              f"(per repeat: {', '.join(f'{a / b - 1:+.0%}' for a, b in zip(on, off))})")
+              f"(per repeat: {', '.join(f'{a / b - 1:+.0%}' for a, b in zip(on, off))}); "
+              f"{np.median(con) / np.median(coff) - 1:+.0%} of its CPU time")
+    one, two = (np.median(cpu[f"ingest --workers {w}"]) for w in (1, 2))
+    print(f"2 workers: {np.median(times['ingest --workers 1']) / np.median(times['ingest --workers 2']):.2f}x the "
+          f"wall speed of 1 worker, spending {two / one - 1:+.0%} CPU (2.00x and +0% is perfect scaling)")
     print(f"cache load per image: npy {t_npy / len(sample) * 1e3:.2f} ms, png {t_png / len(sample) * 1e3:.2f} ms, "
           f"DICOM decode {t_dcm / len(sample) * 1e3:.2f} ms  (npy is {t_dcm / t_npy:.0f}x faster than re-decoding)")
     if args.workdir is None:

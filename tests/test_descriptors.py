@@ -119,3 +119,19 @@ def test_descriptors_scale_with_the_image_not_the_work_size():
     assert small["lesion_diameter_px"] == pytest.approx(50, rel=0.06)
     assert large["lesion_diameter_px"] == pytest.approx(200, rel=0.06)
     assert small["lesion_diameter_frac"] == pytest.approx(large["lesion_diameter_frac"], rel=0.05)
+
+
+def test_colours_counted_and_shape_measures_do_not_depend_on_the_angle():
+    three = _ellipse(70, 70, 0)
+    cv2.ellipse(three, (128, 128), (70, 70), 0, 90, 210, (60, 70, 110), -1)   # blue-grey third
+    cv2.ellipse(three, (128, 128), (70, 70), 0, 210, 330, (40, 25, 20), -1)   # near-black third
+    assert lesion_descriptors(three)["lesion_n_colors"] == 3
+    # A blotch under 5 % of the lesion is not a colour of its own.
+    speck = _ellipse(70, 70, 0)
+    cv2.circle(speck, (150, 128), 6, (60, 70, 110), -1)
+    assert lesion_descriptors(speck)["lesion_n_colors"] == 1
+    angles = [lesion_descriptors(_ellipse(64, 32, angle)) for angle in (0, 30, 75, 90)]
+    for key in ("lesion_eccentricity", "lesion_area_frac", "lesion_compactness"):
+        values = [d[key] for d in angles]
+        assert max(values) - min(values) < 0.03 * max(values), (key, values)
+    assert all(d["lesion_asymmetry"] < 0.06 for d in angles)

@@ -148,6 +148,20 @@ def test_ycbcr_is_converted_exactly_once():
     np.testing.assert_allclose(_bar_centres(to_uint8_rgb(ds, raw)), expected, atol=6)
 
 
+def test_fast_ycbcr_conversion_equals_pydicoms():
+    from pydicom.pixels import convert_color_space
+
+    from melanet.dicom.pixels import ybr_full_to_rgb
+
+    values = np.arange(256, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(values[::5], values, values, indexing="ij"), axis=-1)  # every Cb, Cr; Y in 5s
+    frames = grid.reshape(2, -1, 256, 3)  # two frames, as a multi-frame decode gives them
+    ours, theirs = ybr_full_to_rgb(frames).astype(int), convert_color_space(frames, "YBR_FULL", "RGB")
+    assert ours.shape == theirs.shape
+    diff = np.abs(ours - theirs)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-5  # float32 sums differ only at exact halves
+
+
 def test_uncompressed_ybr_full_is_converted():
     rgb = to_uint8_rgb(make_dataset(colour_bars(), "YBR_FULL"))
     np.testing.assert_allclose(_bar_centres(rgb), [RED, GREEN, BLUE], atol=2)
@@ -161,6 +175,41 @@ def test_lossless_encodings_round_trip_exactly(tmp_path, syntax):
     record = read_dicom(path)
     np.testing.assert_array_equal(record.pixels, picture)
     assert record.meta["transfer_syntax"] == syntax
+
+
+def _smooth_picture(rows: int, cols: int, grey: bool = False) -> np.ndarray:
+    """A smooth picture (gradients and a dark disc): its downscaled versions agree whatever the filter."""
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    disc = np.hypot(x - cols / 2, y - rows / 2) < min(rows, cols) / 4
+    rgb = np.stack([60 + 150 * x / cols, 40 + 120 * y / rows, 90 + 0 * x], axis=2)
+    rgb[disc] *= 0.4
+    picture = rgb.astype(np.uint8)
+    return picture[..., 1].copy() if grey else picture
+
+
+@pytest.mark.parametrize("grey", [False, True], ids=["rgb", "grey"])
+def test_jpeg2000_is_decoded_at_reduced_resolution_when_the_cache_is_smaller(tmp_path, grey):
+    import cv2
+
+    picture = _smooth_picture(128, 160, grey)
+    path = write_dicom(tmp_path / "j2k.dcm", encode(make_dataset(picture, "MONOCHROME2" if grey else "RGB"),
+                                                    JPEG2000Lossless))
+    full = read_dicom(path).pixels
+    assert full.shape[:2] == (128, 160)
+    for min_side, expected in ((64, (64, 80)), (40, (64, 80)), (32, (32, 40)), (100, (128, 160))):
+        small = read_dicom(path, min_side=min_side).pixels  # halved while both sides stay >= min_side
+        assert small.shape == expected + (3,) and small.dtype == np.uint8
+    small = read_dicom(path, min_side=32).pixels
+    area = cv2.resize(full, (40, 32), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - area).mean() < 3  # the wavelet's low-pass picture, not something else
+    assert read_dicom(path, reader="pydicom", min_side=32).meta["rows"] == 128  # the header is untouched
+
+
+def test_reduced_decoding_leaves_other_encodings_at_full_resolution(tmp_path):
+    picture = _smooth_picture(64, 64)
+    for syntax in (RLELossless, JPEGBaseline8Bit):
+        path = write_dicom(tmp_path / f"{syntax.name[:4]}.dcm", encode(make_dataset(picture.copy(), "RGB"), syntax))
+        assert read_dicom(path, min_side=16).pixels.shape == (64, 64, 3)
 
 
 def test_planar_configuration_1_is_read():

@@ -64,16 +64,20 @@ class DicomRecord:
     pixels: np.ndarray
 
 
-def read_dicom(path: str | Path, reader: str = "pydicom", multiframe: str = "middle") -> DicomRecord:
+def read_dicom(path: str | Path, reader: str = "pydicom", multiframe: str = "middle",
+               min_side: int | None = None) -> DicomRecord:
     """Read ``path`` with the reader named ``reader``; ``multiframe`` as in
     :func:`melanet.dicom.pixels.to_uint8_rgb` (``first``, ``middle``, ``mip``, ``mean``).
+    ``min_side``: the smallest picture side the caller needs (pixels); the ``pydicom`` reader then
+    decodes 8-bit JPEG 2000 at a reduced resolution (:func:`melanet.dicom.pixels.decode`), so
+    ``pixels`` can be smaller than Rows x Columns (never below ``min_side``).
 
     Raises ConfigError for an unknown reader or policy, DicomError (with
     ``stage``) for a file that cannot be read.
     """
     if reader not in READERS:
         raise unknown_choice("reader", reader, READERS)
-    return READERS[reader](Path(path), check_policy(multiframe))
+    return READERS[reader](Path(path), check_policy(multiframe), min_side)
 
 
 def read_header(path: Path, stop_before_pixels: bool = False) -> Dataset:
@@ -157,15 +161,18 @@ def _pixels(path: Path, convert: Callable[[], np.ndarray]) -> np.ndarray:
                          stage="pixels") from exc
 
 
-def read_pydicom(path: Path, multiframe: str = "middle") -> DicomRecord:
-    """The ``pydicom`` reader: one read, one decode of only the frames needed."""
+def read_pydicom(path: Path, multiframe: str = "middle", min_side: int | None = None) -> DicomRecord:
+    """The ``pydicom`` reader: one read, one decode of only the frames needed (at reduced resolution
+    for 8-bit JPEG 2000 when ``min_side`` allows, see :func:`read_dicom`)."""
     ds = read_header(path)
     meta = _header_meta(path, ds)
-    return DicomRecord(path, meta, _pixels(path, lambda: to_uint8_rgb(ds, multiframe=multiframe)))
+    return DicomRecord(path, meta, _pixels(path, lambda: to_uint8_rgb(ds, multiframe=multiframe,
+                                                                       min_side=min_side)))
 
 
-def read_sitk(path: Path, multiframe: str = "middle") -> DicomRecord:
-    """The ``sitk`` reader: SimpleITK (GDCM) pixels, pydicom header (see the module notes)."""
+def read_sitk(path: Path, multiframe: str = "middle", min_side: int | None = None) -> DicomRecord:
+    """The ``sitk`` reader: SimpleITK (GDCM) pixels, pydicom header (see the module notes); always full
+    resolution (``min_side`` is accepted and ignored)."""
     ds = read_header(path, stop_before_pixels=True)
     meta = _header_meta(path, ds)
     return DicomRecord(path, meta, _pixels(path, lambda: _sitk_pixels(path, ds, multiframe)))
@@ -198,5 +205,5 @@ def _undo_gdcm_inversion(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.float32(slope * (-1 if signed else 2**bits - 1) + 2 * intercept) - arr.astype(np.float32)
 
 
-#: Reader name -> function(path, multiframe) -> DicomRecord.
+#: Reader name -> function(path, multiframe, min_side) -> DicomRecord.
 READERS: dict[str, Callable[[Path, str], DicomRecord]] = {"pydicom": read_pydicom, "sitk": read_sitk}
