@@ -31,7 +31,7 @@ is a single input, the blend passes the input's scores through and says so.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd

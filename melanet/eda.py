@@ -435,7 +435,7 @@ def _images_html(data_dir: Path, cohort: pd.DataFrame, cfg: EDAConfig, classes: 
         parts.append(thumbnail_strip([(scan.means[c], f"{c}\nn={scan.counts[c]}") for c in sorted(scan.means)],
                                      max_side=2 * cfg.thumbnail_px))
     if cfg.thumbnails_per_class:
-        parts.append(f"<h3>Sample thumbnails per class</h3>"
+        parts.append("<h3>Sample thumbnails per class</h3>"
                      + plots.note(f"Up to {cfg.thumbnails_per_class} random images per class (seed {cfg.seed})."))
         rng = np.random.default_rng(cfg.seed)
         for cls in sorted(classes.unique()):
