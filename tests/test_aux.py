@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from melanet.descriptors import lesion_descriptors
 from melanet.errors import ConfigError, InputDataError
 from melanet.train.aux import fit_targets, masked_mse
 from test_fusion import make_cohort, tiny_config
@@ -19,12 +17,10 @@ from test_fusion import make_cohort, tiny_config
 
 @pytest.fixture(scope="module")
 def described_dir(tmp_path_factory) -> Path:
-    """The tiny fusion cohort with lesion_* columns measured from its images, as ingest would add them."""
+    """The tiny fusion cohort with lesion_* columns measured from its images, as ingest adds them."""
     data_dir = tmp_path_factory.mktemp("described")
     cohort = make_cohort(data_dir)
-    measured = pd.DataFrame([lesion_descriptors(np.load(data_dir / p)) for p in cohort["image_path"]])
-    assert 0 < measured["lesion_mask_ok"].mean() < 1  # some masks fail on 32 px discs: the loss must skip them
-    pd.concat([cohort, measured], axis=1).to_parquet(data_dir / "cohort.parquet", index=False)
+    assert 0 < cohort["lesion_mask_ok"].mean() < 1  # some masks fail on 32 px discs: the loss must skip them
     return data_dir
 
 
@@ -72,13 +68,14 @@ def test_train_fusion_without_descriptors_fails_before_training(cohort_dir, tmp_
     with pytest.raises(InputDataError, match="lesion_\\* descriptor columns.*descriptors=true"):
         fusion.run(tiny_config(cohort_dir, tmp_path / "run", ["train.aux_descriptors=1"]), folds=[1])
     with pytest.raises(InputDataError, match="features.descriptors is on.*descriptors=true"):
-        fusion.run(tiny_config(cohort_dir, tmp_path / "run2", ["features.descriptors=true"]), folds=[1])
+        fusion.run(tiny_config(cohort_dir, tmp_path / "run2", ["features.descriptors=true",
+                                                                  "train.aux_descriptors=0"]), folds=[1])
 
 
 @pytest.fixture(scope="module")
 def cohort_dir(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("plain")
-    make_cohort(data_dir)
+    make_cohort(data_dir, descriptors=False)  # as ingested with --set descriptors=false
     return data_dir
 
 
