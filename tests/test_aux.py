@@ -66,7 +66,8 @@ def test_train_fusion_without_descriptors_fails_before_training(cohort_dir, tmp_
     from melanet.train import fusion
 
     with pytest.raises(InputDataError, match="lesion_\\* descriptor columns.*descriptors=true"):
-        fusion.run(tiny_config(cohort_dir, tmp_path / "run", ["train.aux_descriptors=1"]), folds=[1])
+        fusion.run(tiny_config(cohort_dir, tmp_path / "run", ["train.aux_descriptors=1",
+                                                                 "features.descriptors=false"]), folds=[1])
     with pytest.raises(InputDataError, match="features.descriptors is on.*descriptors=true"):
         fusion.run(tiny_config(cohort_dir, tmp_path / "run2", ["features.descriptors=true",
                                                                   "train.aux_descriptors=0"]), folds=[1])
@@ -85,7 +86,8 @@ def test_aux_run_predicts_without_descriptors(described_dir, tmp_path):
     from test_fusion import _mark_complete, _rewrite_done_folds
 
     out = tmp_path / "run"
-    fusion.run(tiny_config(described_dir, out, ["train.aux_descriptors=1.0", "train.epochs=2"]), folds=[1])
+    fusion.run(tiny_config(described_dir, out, ["train.aux_descriptors=1.0", "features.descriptors=false",
+                                                       "train.epochs=2"]), folds=[1])
     weights = load_file(str(out / "fold_1" / "model.safetensors"))
     assert not any(k.startswith("descriptor_head") for k in weights)
     oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
