@@ -14,6 +14,7 @@ import pytest
 
 from melanet.cohort import DICOM_COLUMNS
 from melanet.config import load_config
+from melanet.descriptors import lesion_descriptors
 from melanet.errors import ArtifactError, ConfigError, WeightsNotFoundError
 from melanet.runs import read_config
 
@@ -21,8 +22,11 @@ SIZE = 32
 
 
 def make_cohort(data_dir: Path, n_patients: int = 36, n_folds: int = 3, seed: int = 0,
-                test_patients: int = 4) -> pd.DataFrame:
-    """A cohort.parquet + 32 px .npy images: a bright disc whose radius grows with the target."""
+                test_patients: int = 4, descriptors: bool = True) -> pd.DataFrame:
+    """A cohort.parquet + 32 px .npy images: a bright disc whose radius grows with the target.
+
+    ``descriptors`` adds the lesion_* columns measured from the images, as ingest does by default.
+    """
     rng = np.random.default_rng(seed)
     (data_dir / "images").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -53,6 +57,9 @@ def make_cohort(data_dir: Path, n_patients: int = 36, n_folds: int = 3, seed: in
                 "fold": -1 if test else p % n_folds,
             })
     cohort = pd.DataFrame(rows)[DICOM_COLUMNS + ["target", "diagnosis", "fold"]]
+    if descriptors:
+        measured = [lesion_descriptors(np.load(data_dir / p)) for p in cohort["image_path"]]
+        cohort = pd.concat([cohort, pd.DataFrame(measured)], axis=1)
     cohort.to_parquet(data_dir / "cohort.parquet", index=False)
     return cohort
 
@@ -174,7 +181,8 @@ def test_resume_skips_finished_folds_and_merge_refuses_missing(cohort_dir, tmp_p
 @pytest.mark.parametrize("overrides", [
     ["model.use_meta=false", "track=tensorboard"],
     ["target=diagnosis", "positive_class=melanoma", "train.imbalance=pos_weight", "augment.mixup_alpha=0.4",
-     "augment.cutmix_alpha=1.0", "augment.mix_p=1.0", "train.label_smoothing=0.1", "train.meta_drop_p=0.2"],
+     "augment.cutmix_alpha=1.0", "augment.mix_p=1.0", "train.aux_descriptors=0", "train.label_smoothing=0.1",
+     "train.meta_drop_p=0.2"],
     ["train.imbalance=focal", "train.scheduler=plateau", "train.accumulate=2", "eval.oof_epoch=best",
      "train.workers=1", "train.epochs=2"],
     ["train.ema_decay=0.9", "model.image_aux_weight=0.5", "train.epochs=2"],
@@ -246,7 +254,7 @@ def test_torchrun_two_cpu_processes_gather_oof_and_only_rank0_writes(cohort_dir,
            "MELANET_AUDIT_ROOT": str(out), "MELANET_AUDIT_LOG": str(tmp_path / "writes_rank")}
     sets = ["image_size=32", "model.backbone=test_resnet", "model.pretrained=false", "model.meta_hidden=[16,8]",
             "train.epochs=1", "train.batch_size=8", "train.workers=0", "eval.tta=2", "engine.accelerator=cpu",
-            "engine.threads=1"]
+            "engine.threads=1", "train.aux_descriptors=0"]  # one epoch on 30 images: the label alone
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "melanet", "train-fusion", "--data", str(cohort_dir), "--out", str(out),
            "--config", "fusion-cpu-small", "--folds", "0", *[a for s in sets for a in ("--set", s)]]
@@ -268,7 +276,7 @@ def test_torchrun_two_cpu_processes_gather_oof_and_only_rank0_writes(cohort_dir,
 
     single = tmp_path / "single"
     fusion.run(tiny_config(cohort_dir, single, ["train.batch_size=16", "train.lr=2e-3", "train.warmup_epochs=1",
-                                                "engine.threads=1"]), folds=[0])
+                                                "engine.threads=1", "train.aux_descriptors=0"]), folds=[0])
     one = pd.read_parquet(single / "fold_0" / "oof.parquet").set_index("image_id").loc[fold_oof["image_id"]]
     aucs = [metrics.binary_metrics(t["target"], t["pred"])["auc"] for t in (fold_oof, one)]
     assert min(aucs) > 0.6 and abs(aucs[0] - aucs[1]) < 0.15, aucs

@@ -40,11 +40,12 @@ from melanet.cohort import labelled_mask, read_cohort
 from melanet.config import config_to_yaml
 from melanet.console import console, progress
 from melanet.errors import ArtifactError, ConfigError, InputDataError, did_you_mean
-from melanet.features import MetaEncoder, build_features
+from melanet.features import NUMERIC, MetaEncoder, build_features, descriptor_columns
 from melanet.io import read_json, write_csv, write_json, write_text
 from melanet.report import after_stage
 from melanet.runs import (CONFIG_FILE, RunDir, TargetSpec, check_out_dir, check_run, comparable_config, fingerprint,
                           merge_folds, predictions_frame, read_config, read_exclude, resolve_target, run_identity)
+from melanet.train import aux as aux_targets
 from melanet.train import staged
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
                                 drop_meta, make_loader, mix_batch, to_device, to_nchw)
@@ -90,8 +91,18 @@ class CohortData:
 
 
 def meta_features(cohort: pd.DataFrame, features: FeaturesConfig) -> pd.DataFrame:
-    """The metadata feature table FusionNet encodes (shared feature code, minus ``features.drop``)."""
-    feats = build_features(cohort, context=features.context)
+    """The metadata feature table FusionNet encodes (shared feature code, minus ``features.drop``).
+
+    ``features.descriptors`` adds the cohort's ``lesion_*`` columns as numeric inputs.
+    """
+    numeric = list(NUMERIC)
+    if features.descriptors:
+        if not descriptor_columns(cohort):
+            raise InputDataError("features.descriptors is on but the cohort has no lesion_* column; ingest it with "
+                                 "descriptors on (`melanet ingest DICOM_DIR --out DATA_DIR --set descriptors=true`, "
+                                 "the default) or set features.descriptors=false")
+        numeric += descriptor_columns(cohort)
+    feats = build_features(cohort, context=features.context, numeric=numeric)
     unknown = [c for c in features.drop if c not in feats.columns]
     if unknown:
         raise ConfigError(f"features.drop: no feature column {unknown[0]!r}"
@@ -128,13 +139,13 @@ def _batch_line(asked: TrainConfig, used: TrainConfig, world: int) -> str:
     return line
 
 
-def build_model(cfg: FusionConfig, n_meta: int, n_outputs: int) -> FusionNet:
-    """FusionNet as the config describes it."""
+def build_model(cfg: FusionConfig, n_meta: int, n_outputs: int, n_descriptors: int = 0) -> FusionNet:
+    """FusionNet as the config describes it; ``n_descriptors`` > 0 adds the training-only descriptor head."""
     m = cfg.model
     model = FusionNet(m.backbone, n_meta, n_outputs, use_meta=m.use_meta, meta_hidden=m.meta_hidden,
                       meta_dropout=m.meta_dropout, head_dropout=m.head_dropout, head_samples=m.head_samples,
                       pretrained=m.pretrained, pretrained_path=m.pretrained_path, drop_path_rate=m.drop_path_rate,
-                      image_aux_head=m.image_aux_weight > 0 or cfg.train.meta_epochs > 0)
+                      image_aux_head=m.image_aux_weight > 0 or cfg.train.meta_epochs > 0, n_descriptors=n_descriptors)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 
@@ -152,7 +163,11 @@ class FoldTrainer:
         self.encoder = MetaEncoder().fit(data.feats.iloc[train_rows])
         self.meta = self.encoder.transform(data.feats)
         n_out = data.n_outputs
-        model = build_model(cfg, self.meta.shape[1], n_out)
+        # Auxiliary descriptor targets (melanet.train.aux), standardised on this fold's training rows.
+        targets = aux_targets.fit_targets(data.cohort, train_rows, data_dir=cfg.data_dir,
+                                          weight=cfg.train.aux_descriptors) if cfg.train.aux_descriptors > 0 else None
+        self.descriptor_targets = targets.tensor(fabric.device) if targets is not None else None
+        model = build_model(cfg, self.meta.shape[1], n_out, targets.width if targets is not None else 0)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
         self.model, self.optimizer = fabric.setup(model, optimizer)
         self.raw = self.model.module
@@ -214,7 +229,7 @@ class FoldTrainer:
         total = torch.zeros((), device=fabric.device)
         seen = 0
         for i, batch in enumerate(batches):
-            images, meta, y, _ = to_device(batch, fabric.device, self.non_blocking)
+            images, meta, y, rows = to_device(batch, fabric.device, self.non_blocking)
             images = to_nchw(images, t.channels_last)
             target = soft_targets(y, self.data.n_outputs, t.label_smoothing)
             meta = drop_meta(meta, t.meta_drop_p)
@@ -222,10 +237,16 @@ class FoldTrainer:
                 images, meta, target = mix_batch(images, meta, target, aug, self.rng)
             stepping = (i + 1) % t.accumulate == 0 or i + 1 == n_batches
             with fabric.no_backward_sync(self.model, enabled=not stepping):
-                logits, aux = self.model(images, meta, with_aux=True)
+                if self.descriptor_targets is None:
+                    (logits, aux), described = self.model(images, meta, with_aux=True), None
+                else:
+                    logits, aux, described = self.model(images, meta, with_aux=True, with_descriptors=True)
                 loss = fusion_loss(logits, target, **self.loss_kwargs)  # what the history reports
                 total_loss = loss if aux is None else (
                     loss + self.cfg.model.image_aux_weight * fusion_loss(aux, target, **self.loss_kwargs))
+                if described is not None:
+                    total_loss = total_loss + t.aux_descriptors * aux_targets.masked_mse(
+                        described, self.descriptor_targets[rows])
                 fabric.backward(total_loss / t.accumulate)
             if stepping:
                 if t.grad_clip:
@@ -458,6 +479,7 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
                           f"{int((~data.labelled).sum())} test), target {data.spec.column!r} "
                           f"({'binary' if data.spec.is_binary else f'{len(data.spec.classes)} classes'}), "
                           f"{cfg.model.backbone} at {cfg.image_size} px, meta={'on' if cfg.model.use_meta else 'off'}, "
+                          f"{f'aux descriptors x{cfg.train.aux_descriptors:g}, ' if cfg.train.aux_descriptors else ''}"
                           f"folds {todo}, {fabric.world_size} process(es) on {fabric.device.type}; "
                           f"{_batch_line(asked, cfg.train, fabric.world_size)}", highlight=False, soft_wrap=True)
         # Rank 0 decides (its file system holds the run directory on multi-node jobs).

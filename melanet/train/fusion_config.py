@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from melanet.train.data import AugmentConfig
 from melanet.config import Choice, StageConfig
@@ -65,6 +65,9 @@ class FeaturesConfig(StageConfig):
 
     context: bool = Field(True, description="Add patient-context features (images per patient, age vs patient).")
     drop: list[str] = Field([], description="Feature columns to leave out (e.g. transfer_syntax).")
+    descriptors: bool = Field(
+        False, description="Feed the lesion_* descriptors ingest measured (melanet.descriptors) to the metadata MLP "
+                           "as numeric inputs; then predict needs them too (ingest measures them by default).")
 
 
 class TrainConfig(StageConfig):
@@ -98,6 +101,10 @@ class TrainConfig(StageConfig):
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights (timm ModelEmaV3, with "
                                       "warm-up) and predict with it; e.g. 0.99 for a few hundred steps. null = off.")
     meta_drop_p: float = Field(0.0, ge=0, le=1, description="Per-sample probability of blanking all metadata.")
+    aux_descriptors: float = Field(
+        0.0, ge=0, description="> 0: the backbone also regresses the cohort's standardised lesion_* descriptors "
+                               "(melanet/train/aux.py), loss = main loss + this weight x masked MSE; training only, "
+                               "predict never reads descriptors. 0 = off.")
     meta_epochs: int = Field(
         0, ge=0, description="> 0: staged training (melanet/train/staged.py): `epochs` on the pixels alone, then this "
                              "many epochs fitting the metadata MLP and fused head on the frozen backbone's features; "
@@ -177,6 +184,14 @@ class FusionConfig(StageConfig):
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
     overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
+
+    @model_validator(mode="after")
+    def _aux_without_mixing(self):
+        mixing = (self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0) and self.augment.mix_p > 0
+        if self.train.aux_descriptors > 0 and mixing:  # a mixed image has no measured descriptors to regress
+            raise ValueError("train.aux_descriptors > 0 does not combine with Mixup/CutMix; set "
+                             "train.aux_descriptors=0 or augment.mixup_alpha=0 and augment.cutmix_alpha=0")
+        return self
 
 
 # Keys that do not change what a fold learns: a resumed run may differ in them.

@@ -126,6 +126,11 @@ class FusionNet(nn.Module):
     small cohort; the auxiliary loss keeps the backbone learning the image
     cues the fused head would otherwise lean on metadata for.
 
+    ``n_descriptors`` > 0 adds ``descriptor_head``, a Linear from the pooled
+    image features to that many standardised lesion descriptors
+    (melanet.train.aux; ``forward(..., with_descriptors=True)`` returns them
+    third). It is a training-only target: :func:`save_weights` leaves it out.
+
     ``image_stage`` (staged training, melanet.train.staged): while true the
     model *is* the image-only model - ``forward`` returns the image head's
     logits and ignores ``meta`` - so the backbone learns from the pixels
@@ -136,7 +141,7 @@ class FusionNet(nn.Module):
                  meta_hidden: Sequence[int] = (512, 128), meta_dropout: float = 0.3,
                  head_dropout: float = 0.5, head_samples: int = 5, pretrained: bool = False,
                  pretrained_path: str | Path | None = None, drop_path_rate: float = 0.0,
-                 image_aux_head: bool = False):
+                 image_aux_head: bool = False, n_descriptors: int = 0):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained, pretrained_path, drop_path_rate)
         cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
@@ -149,6 +154,8 @@ class FusionNet(nn.Module):
         # Pooled output width: models with a pre-logits layer (MobileNetV3, LCNet) widen past num_features.
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.image_head = nn.Linear(width, n_outputs) if image_aux_head and self.use_meta else None
+        # Training only (melanet.train.aux): never saved, never used to predict.
+        self.descriptor_head = nn.Linear(width, n_descriptors) if n_descriptors > 0 else None
         self.meta: nn.Module | None = None
         if self.use_meta:
             if len(meta_hidden) != 2:
@@ -183,17 +190,21 @@ class FusionNet(nn.Module):
         # Multi-sample dropout: several masks, one shared Linear, logits averaged.
         return torch.stack([head(drop(x)) for drop in self.dropouts]).mean(dim=0)
 
-    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None,
-                with_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits; with ``with_aux`` the pair (fused logits, image-only logits or None)."""
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None, with_aux: bool = False,
+                with_descriptors: bool = False) -> torch.Tensor | tuple:
+        """Logits; with ``with_aux`` the pair (fused logits, image-only logits or None); with
+        ``with_descriptors`` the triple (fused logits, image-only logits or None, descriptor predictions or None)."""
         pooled = self.image_features(image)
         if self.image_stage and self.image_head is not None:
-            logits = self._head(self.image_head, pooled)
-            return (logits, None) if with_aux else logits
-        logits = self._head(self.head, self._fuse(pooled, meta))
-        if not with_aux:
-            return logits
-        return logits, self._head(self.image_head, pooled) if self.image_head is not None else None
+            logits, aux = self._head(self.image_head, pooled), None
+        else:
+            logits = self._head(self.head, self._fuse(pooled, meta))
+            if not (with_aux or with_descriptors):
+                return logits
+            aux = self._head(self.image_head, pooled) if self.image_head is not None else None
+        if with_descriptors:
+            return logits, aux, self.descriptor_head(pooled) if self.descriptor_head is not None else None
+        return (logits, aux) if with_aux else logits
 
 
 # --------------------------------------------------------------------------- losses
@@ -241,11 +252,16 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- weight files
 
 
+#: State-dict prefixes of training-only heads, never written to a weight file (nothing predicts with them).
+TRAINING_ONLY = ("descriptor_head.",)
+
+
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write the model's state dict as safetensors, atomically."""
+    """Write the model's state dict, less the training-only heads, as safetensors, atomically."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+             if not k.startswith(TRAINING_ONLY)}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return Path(path)
