@@ -62,15 +62,20 @@ def test_aux_refuses_mixup(described_dir, tmp_path):
         tiny_config(described_dir, tmp_path, ["train.aux_descriptors=1", "augment.mixup_alpha=0.4"])
 
 
-def test_train_fusion_without_descriptors_fails_before_training(cohort_dir, tmp_path):
+def test_cohort_without_descriptors_trains_with_both_options_off_and_says_so(cohort_dir, tmp_path, capsys):
+    # Radiology cohorts get no descriptors: the default CPU recipe (both options on) must still train on them.
+    import yaml
+
     from melanet.train import fusion
 
-    with pytest.raises(InputDataError, match="lesion_\\* descriptor columns.*descriptors=true"):
-        fusion.run(tiny_config(cohort_dir, tmp_path / "run", ["train.aux_descriptors=1",
-                                                                 "features.descriptors=false"]), folds=[1])
-    with pytest.raises(InputDataError, match="features.descriptors is on.*descriptors=true"):
-        fusion.run(tiny_config(cohort_dir, tmp_path / "run2", ["features.descriptors=true",
-                                                                  "train.aux_descriptors=0"]), folds=[1])
+    run_dir = fusion.run(tiny_config(cohort_dir, tmp_path / "run", ["train.aux_descriptors=1",
+                                                                     "features.descriptors=true"]), folds=[1])
+    out = " ".join(capsys.readouterr().err.split())
+    assert "no lesion descriptor was measured" in out
+    assert "train.aux_descriptors and features.descriptors turned off" in out
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["aux_descriptors"] == 0 and saved["features"]["descriptors"] is False
+    assert (run_dir / "fold_1" / "oof.parquet").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,12 @@ extreme areas would otherwise dominate a squared loss). Missing values (NaN:
 failed masks, chroma columns of grayscale images) are left out of the loss
 (:func:`masked_mse`); columns with no spread on the training rows are
 dropped.
+
+A cohort without any measured descriptor (radiology modalities get none,
+README "Lesion descriptors"; or every mask failed) trains with both
+descriptor options off, said in one printed line and recorded in the run's
+``config.yaml`` (:func:`without_missing_descriptors`), so one default recipe
+serves every modality.
 """
 
 from __future__ import annotations
@@ -38,6 +44,25 @@ from melanet.features import descriptor_columns
 
 #: Standardised targets are clipped to +-CLIP standard deviations.
 CLIP = 5.0
+
+
+def has_descriptors(cohort: pd.DataFrame) -> bool:
+    """Whether ``cohort`` holds at least one measured (finite) ``lesion_*`` descriptor value."""
+    raw = raw_descriptors(cohort)
+    return raw.shape[1] > 0 and bool(np.isfinite(raw.to_numpy(float)).any())
+
+
+def without_missing_descriptors(cfg, cohort: pd.DataFrame):
+    """``(cfg, note)``: a FusionConfig with ``train.aux_descriptors`` and ``features.descriptors`` off when the
+    cohort has no measured descriptor (``note`` says so), else ``(cfg, None)`` unchanged."""
+    asked = [name for name, on in (("train.aux_descriptors", cfg.train.aux_descriptors > 0),
+                                   ("features.descriptors", cfg.features.descriptors)) if on]
+    if not asked or has_descriptors(cohort):
+        return cfg, None
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"aux_descriptors": 0.0}),
+                                 "features": cfg.features.model_copy(update={"descriptors": False})})
+    return cfg, (f"no lesion descriptor was measured in this cohort (radiology modalities get none; or ingest ran "
+                 f"with descriptors=false): {' and '.join(asked)} turned off for this run")
 
 
 def no_descriptors_error(data_dir: str | Path, weight: float, what: str) -> InputDataError:

@@ -110,9 +110,9 @@ def meta_features(cohort: pd.DataFrame, features: FeaturesConfig) -> pd.DataFram
     return feats.drop(columns=list(features.drop))
 
 
-def load_cohort_data(cfg: FusionConfig, progress_bar=None) -> CohortData:
-    """Read the cohort, resolve the target, build the feature table and hold the images."""
-    cohort = read_cohort(cfg.data_dir)
+def load_cohort_data(cfg: FusionConfig, progress_bar=None, cohort: pd.DataFrame | None = None) -> CohortData:
+    """Read the cohort (unless given), resolve the target, build the feature table and hold the images."""
+    cohort = read_cohort(cfg.data_dir) if cohort is None else cohort
     labelled = labelled_mask(cohort, cfg.target)
     spec = resolve_target(cohort.loc[labelled, cfg.target], cfg.target, cfg.positive_class, cfg.target_type)
     labels = np.zeros(len(cohort), dtype=np.int64)
@@ -459,11 +459,13 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
         pretrained_source(cfg.model.backbone, cfg.model.pretrained_path)
     fabric = make_fabric(cfg.engine)
     asked, cfg = cfg.train, resolve_run_config(cfg, fabric)  # config.yaml records the resolved numbers
+    cohort = read_cohort(cfg.data_dir)
+    cfg, descriptor_note = aux_targets.without_missing_descriptors(cfg, cohort)
     rank0 = fabric.is_global_zero
     run_dir = RunDir(cfg.out_dir)
     started = time.perf_counter()
     with (progress() if rank0 else Progress(disable=True)) as bar:
-        data = load_cohort_data(cfg, bar if rank0 else None)
+        data = load_cohort_data(cfg, bar if rank0 else None, cohort)
         all_folds = data.folds
         selected = _select_folds(all_folds, folds)
         todo = selected
@@ -475,6 +477,8 @@ def run(cfg: FusionConfig, folds: list[int] | None = None, resume: bool = False)
                 if skipped:
                     console.print(f"resume: fold(s) {skipped} already done, skipping")
             write_text(run_dir.path / "config.yaml", config_to_yaml(cfg))
+            if descriptor_note:
+                console.print(f"train-fusion: {descriptor_note}", highlight=False, soft_wrap=True)
             console.print(f"train-fusion: {len(data.cohort)} images ({int(data.labelled.sum())} labelled, "
                           f"{int((~data.labelled).sum())} test), target {data.spec.column!r} "
                           f"({'binary' if data.spec.is_binary else f'{len(data.spec.classes)} classes'}), "
