@@ -40,6 +40,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from melanet.blend import BLENDERS, RankBlender, _Blender, cross_val_blend, make_blender
+from melanet.metrics import fast_auc
 
 #: Simplicity order of the candidate kinds (lower = simpler, preferred within one standard error).
 COMPLEXITY = {"input": 0, "rank": 1, "weights": 2, "stack": 3}
@@ -89,17 +90,6 @@ def complexity(name: str) -> int:
 def _fold_aucs(y: np.ndarray, p: np.ndarray, folds: np.ndarray) -> np.ndarray:
     return np.array([roc_auc_score(y[folds == k], p[folds == k]) if len(np.unique(y[folds == k])) == 2 else np.nan
                      for k in np.unique(folds)])
-
-
-def fast_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties as half: equal to ``roc_auc_score``, cheaper."""
-    from scipy.stats import rankdata
-
-    pos = y == 1
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    return float((rankdata(p)[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def bootstrap_diff_se(y: np.ndarray, preds: dict[str, np.ndarray], best: str, groups: np.ndarray | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from melanet import metrics as M
@@ -33,3 +34,13 @@ def test_paired_auc_difference_separates_a_better_model_from_noise():
     assert better["p_not_better"] < 0.05
     same = M.paired_auc_difference(y, good, good + 1e-9, n_boot=100)
     assert same["lo"] <= 0 <= same["hi"] and same["p_not_better"] == 1.0
+
+
+def test_fast_auc_equals_scikit_learn_with_ties_and_duplicated_rows():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.round(rng.random(300) + 0.3 * y, 1)  # coarse scores: many ties
+    idx = rng.integers(0, 300, 300)  # a bootstrap resample repeats rows
+    for yy, pp in ((y, p), (y[idx], p[idx])):
+        assert M.fast_auc(yy, pp) == pytest.approx(roc_auc_score(yy, pp), abs=1e-12)
+    assert np.isnan(M.fast_auc(np.ones(5, int), np.arange(5.0)))  # one class: undefined
