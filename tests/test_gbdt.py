@@ -408,3 +408,13 @@ def test_feature_table_adds_lesion_descriptors_with_patient_context_and_duckling
     assert not any(c.startswith(("lesion_", "duckling_")) for c in off.columns)
     # A cohort ingested without descriptors trains on the rest (one warning line), as before.
     pd.testing.assert_frame_equal(gbdt.feature_table(cohort, gbdt.FeatureConfig()), off)
+
+
+def test_thread_count_is_one_on_small_tables_and_every_core_on_large_ones():
+    from melanet.runtime import available_cores
+    from melanet.train.gbdt import resolve_n_jobs
+
+    assert resolve_n_jobs(0, 920) == 1  # the demo: waking threads costs more than a round on 920 rows
+    assert resolve_n_jobs(0, 200_000) == available_cores()
+    assert resolve_n_jobs(0) == available_cores()  # rows unknown (prediction, Dask)
+    assert resolve_n_jobs(3, 920) == 3  # an explicit count is kept

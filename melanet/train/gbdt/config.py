@@ -61,7 +61,8 @@ class GBDTConfig(StageConfig):
                                         description="Settings used below small_data.max_rows labelled rows "
                                                     "(melanet/train/small_data.py).")
     seed: int = Field(42, ge=0, description="Seed of boosting, bagging, the inner split and tuning.")
-    n_jobs: int = Field(0, ge=0, description="Threads per model (0 = all available cores).")
+    n_jobs: int = Field(0, ge=0, description="Threads per model (0 = one under 20,000 training rows, where "
+                                             "waking threads costs more than they save; else all available cores).")
     backend: str = Field("local", description="Where boosting runs: local (this process) or dask (the engine's "
                                               "Dask interface on a cluster).")
     scheduler: str | None = Field(None, description="backend dask: scheduler address (tcp://host:8786); null = "

@@ -48,9 +48,10 @@ def run(cfg: GBDTConfig, resume: bool = False) -> dict:
     started = time.perf_counter()
     check_out_dir(cfg.out_dir)
     engine = get_engine(cfg.engine)
-    n_jobs = resolve_n_jobs(cfg.n_jobs)
     cohort = read_cohort(cfg.data_dir)
     labelled = labelled_mask(cohort, cfg.target)
+    # On Dask the threads are split among the workers: the one-thread rule of small tables is a local one.
+    n_jobs = resolve_n_jobs(cfg.n_jobs, int(labelled.sum()) if cfg.backend == "local" else None)
     spec = resolve_target(cohort.loc[labelled, cfg.target], cfg.target, cfg.positive_class, cfg.target_type)
     excluded = read_exclude(cfg.exclude, cohort)
     extra, oof_scaling = (load_oof_features(cohort, labelled, cfg.with_oof, cfg.with_oof_scale) if cfg.with_oof
