@@ -193,10 +193,12 @@ def time_training(args, cfg) -> None:
     n_batches, batch = len(trainer.train_loader), cfg.train.batch_size
     size = cfg.image_size
     gen = torch.Generator().manual_seed(0)
+    rows = torch.as_tensor(train_rows)  # cohort rows: the descriptor targets (train.aux_descriptors) are looked up by row
     ready = [(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=gen).to(fabric.device),
               torch.randn(batch, trainer.meta.shape[1], generator=gen).to(fabric.device),
               torch.randint(0, data.n_outputs if data.n_outputs > 1 else 2, (batch,), generator=gen)
-              .to(fabric.device), None) for _ in range(n_batches)]
+              .to(fabric.device), rows[torch.randint(0, len(rows), (batch,), generator=gen)].to(fabric.device))
+             for _ in range(n_batches)]
     bare_epoch = bare_timm_loop(cfg, data.n_outputs, n_batches, fabric.device, precision)
 
     def timed(run) -> float:
