@@ -7,7 +7,7 @@ ingests, then trains with the DEFAULT recipes, exactly as the CLI does:
     fusion      train-fusion --config fusion-cpu-small
     gbdt        train-gbdt   --config gbdt                       (metadata + patient context)
     gbdt_img    train-gbdt   --config gbdt --with-oof <fusion>   (+ the fusion CNN's OOF scores)
-    blend       blend <fusion> <gbdt_img>                        (the blend's default method)
+    blend       blend <image_only> <fusion> <gbdt> <gbdt_img>    (the blend's default method)
 
 and prints one table (melanet.audit): per cohort and model, OOF AUC, pAUC80,
 the correlation of the OOF logit with the true image / metadata / duckling
@@ -44,8 +44,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODELS = ("image_only", "fusion", "gbdt", "gbdt_img", "blend")
-#: Runs each model needs first (the blend blends fusion with gbdt_img, as `melanet demo` does).
-NEEDS = {"gbdt_img": ("fusion",), "blend": ("fusion", "gbdt_img")}
+#: Runs each model needs first (the blend blends every model run, as `melanet demo` does: melanet.demo.BLEND_INPUTS).
+NEEDS = {"gbdt_img": ("fusion",), "blend": ("image_only", "fusion", "gbdt", "gbdt_img")}
 _SMALL = 300  # the synth default: the demo's cohort size
 
 #: Cohort name -> `melanet synth` settings. "demo" is filled from DemoConfig at run time.
@@ -133,7 +133,7 @@ def train(model: str, data: Path, work: Path, done: dict[str, Path], args: argpa
             shutil.rmtree(out, ignore_errors=True)  # a killed GBDT run restarts; it is minutes at most
             gbdt.run(cfg.model_copy(update={"out_dir": out}))
     else:
-        cfg = blend.BlendConfig(runs=[done["fusion"], done["gbdt_img"]], out_dir="unset", report=False)
+        cfg = blend.BlendConfig(runs=[done[m] for m in NEEDS["blend"]], out_dir="unset", report=False)
         out = _run_dir(work, data, model, cfg)
         if not _complete(out):
             shutil.rmtree(out, ignore_errors=True)

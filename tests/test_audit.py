@@ -85,3 +85,17 @@ def test_only_the_oof_rows_are_scored_and_unknown_ids_are_refused(truth):
         audit_oof(stranger, truth)
     with pytest.raises(InputDataError, match="multiclass"):
         audit_oof(stranger.rename(columns={"pred": "pred_melanoma"}), truth)
+
+
+def test_the_audit_blends_what_the_demo_blends():
+    # scripts/bench_accuracy.py measures the blend a user of `melanet demo` gets, not another one.
+    import importlib.util
+    from pathlib import Path
+
+    from melanet.demo import BLEND_INPUTS
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_accuracy.py"
+    spec = importlib.util.spec_from_file_location("bench_accuracy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert tuple(bench.NEEDS["blend"]) == tuple(BLEND_INPUTS)
