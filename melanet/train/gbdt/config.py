@@ -8,15 +8,21 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from melanet import features as F
-from melanet.config import StageConfig
+from melanet.config import Choice, StageConfig
 from melanet.errors import unknown_choice
-from melanet.tracking import BACKENDS
+from melanet.tracking import TrackingBackend
 from melanet.train.gbdt.dask import dask_early_stopping_error
 from melanet.train.gbdt.engines import COMPUTE_BACKENDS, ENGINES
 from melanet.train.gbdt.lightgbm_model import LightGBMModel
 from melanet.train.gbdt.params import check_param_names
 from melanet.train.gbdt.xgboost_model import XGBoostModel
+from melanet.train.offset import MODES
 from melanet.train.small_data import SmallDataConfig
+from melanet.train.stacking import SCALES
+
+GBDTEngine = Choice("GBDT engine", ENGINES)
+OofScale = Choice("with_oof_scale", SCALES)
+OofMode = Choice("with_oof_mode", MODES)
 
 
 class FeatureConfig(StageConfig):
@@ -43,7 +49,7 @@ class GBDTConfig(StageConfig):
     positive_class: str | None = Field(None, description="Multiclass: the class scored by AUC/pAUC and the blend.")
     target_type: Literal["auto", "binary", "multiclass"] = Field(
         "auto", description="auto: 0/1 is binary, other values need positive_class; multiclass: every value a class.")
-    engine: str = Field("lightgbm", description="lightgbm or xgboost.")
+    engine: GBDTEngine = Field("lightgbm", description="lightgbm or xgboost.")
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     lightgbm: dict[str, Any] = Field(default_factory=lambda: dict(LightGBMModel.defaults))
     xgboost: dict[str, Any] = Field(default_factory=lambda: dict(XGBoostModel.defaults))
@@ -76,16 +82,16 @@ class GBDTConfig(StageConfig):
     with_oof_monotone: bool = Field(True, description="Constrain the GBDT to be non-decreasing in each "
                                                       "image-model score (not in its patient-context features); "
                                                       "+0.005 AUC on two synthetic cohorts.")
-    with_oof_scale: str = Field("rank", description="How image-model scores enter: rank (percentile among the "
+    with_oof_scale: OofScale = Field("rank", description="How image-model scores enter: rank (percentile among the "
                                                     "producing fold model's OOF scores), logit (fold-standardised "
                                                     "logit) or raw; see melanet/train/stacking.py.")
-    with_oof_mode: str = Field("offset", description="offset: boost from a logistic fit of the image-model "
+    with_oof_mode: OofMode = Field("offset", description="offset: boost from a logistic fit of the image-model "
                                                      "scores (the trees learn corrections; binary targets); "
                                                      "feature: the scores are only features. "
                                                      "See melanet/train/offset.py.")
     tune: int = Field(0, ge=0, description="Optuna trials over the main hyper-parameters (0 = off).")
     exclude: Path | None = Field(None, description="CSV with image_id of rows not to train on (still predicted).")
-    track: str = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
+    track: TrackingBackend = Field("none", description="Experiment tracking: none, mlflow or tensorboard.")
     track_uri: str | None = Field(None, description="MLflow tracking URI.")
     report: bool = Field(True, description="Write report.html (as `melanet report`) after training.")
     overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
@@ -94,38 +100,6 @@ class GBDTConfig(StageConfig):
     @classmethod
     def _class_as_text(cls, value: Any) -> Any:
         return None if value is None else str(value)
-
-    @field_validator("engine")
-    @classmethod
-    def _known_engine(cls, value: str) -> str:
-        if value not in ENGINES:
-            raise ValueError(str(unknown_choice("GBDT engine", value, ENGINES)))
-        return value
-
-    @field_validator("with_oof_scale")
-    @classmethod
-    def _known_scale(cls, value: str) -> str:
-        from melanet.train.stacking import SCALES
-
-        if value not in SCALES:
-            raise ValueError(str(unknown_choice("with_oof_scale", value, SCALES)))
-        return value
-
-    @field_validator("with_oof_mode")
-    @classmethod
-    def _known_mode(cls, value: str) -> str:
-        from melanet.train.offset import MODES
-
-        if value not in MODES:
-            raise ValueError(str(unknown_choice("with_oof_mode", value, MODES)))
-        return value
-
-    @field_validator("track")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        if value not in BACKENDS:
-            raise ValueError(str(unknown_choice("tracking backend", value, BACKENDS)))
-        return value
 
     @field_validator("backend")
     @classmethod
