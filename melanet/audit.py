@@ -18,6 +18,15 @@ pred``), :func:`audit_oof` reports, on the OOF rows:
   one term, which - unlike squared correlations - stays additive although the
   image and duckling terms are correlated (both see a lesion's atypia). A
   share can be slightly negative when a term only suppresses another's noise;
+- ``pcorr_<term>`` (image, meta, duckling): partial correlation of the OOF
+  logit with the term, the other two observable terms held fixed (both
+  regressed on them by least squares, then the residuals correlated): how
+  much of that term the score holds beyond the others. It is the figure to
+  compare across models that use different inputs: a fusion that also uses
+  the metadata well has a LOWER ``corr_image`` than the image-only model (its
+  score varies with the metadata too; the observable logit itself correlates
+  only ~0.73 with the image term on the default cohort) but the same
+  ``pcorr_image`` if it kept all of the image signal;
 - ``ceiling_auc``, ``ceiling_pauc80``: AUC and pAUC80 of the observable logit
   (image + meta + duckling terms) on the same rows, the best score a model can
   reach from the files; ``gap`` = ``ceiling_auc - auc``;
@@ -45,8 +54,8 @@ OBSERVABLE = ("image", "meta", "duckling")
 TERMS = (*OBSERVABLE, "noise")
 TRUTH_COLUMNS = ("image_id", *(f"{t}_term" for t in TERMS), "p_true")
 #: Column order of :func:`audit_runs`.
-COLUMNS = ("model", "n", "auc", "pauc80", *(f"corr_{t}" for t in TERMS), *(f"share_{t}" for t in OBSERVABLE),
-           "r2", "ceiling_auc", "ceiling_pauc80", "gap", "image_term_auc", "p_true_auc")
+COLUMNS = ("model", "n", "auc", "pauc80", *(f"corr_{t}" for t in TERMS), *(f"pcorr_{t}" for t in OBSERVABLE),
+           *(f"share_{t}" for t in OBSERVABLE), "r2", "ceiling_auc", "ceiling_pauc80", "gap", "image_term_auc", "p_true_auc")
 
 _CLIP = 1e-6
 
@@ -78,6 +87,22 @@ def pratt_shares(score: np.ndarray, terms: np.ndarray) -> tuple[np.ndarray, floa
     corr = x.T @ y / len(y)
     shares = beta * corr
     return shares, float(shares.sum())
+
+
+def partial_correlations(score: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """Partial correlation of ``score`` (n,) with each column of ``terms`` (n, k), the other columns held fixed.
+
+    Column j: Pearson r of the residuals of ``score`` and of ``terms[:, j]``
+    after a least-squares fit (with intercept) on the other k - 1 columns. A
+    constant column gets NaN.
+    """
+    score, terms = np.asarray(score, float), np.asarray(terms, float)
+    out = np.full(terms.shape[1], np.nan)
+    for j in range(terms.shape[1]):
+        others = np.column_stack([np.ones(len(score)), np.delete(terms, j, axis=1)])
+        resid = lambda v: v - others @ np.linalg.lstsq(others, v, rcond=None)[0]  # noqa: E731
+        out[j] = _pearson(resid(score), resid(terms[:, j]))
+    return out
 
 
 def _join(oof: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
@@ -112,7 +137,8 @@ def audit_oof(oof: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
     logit = oof_logit(both["pred"])
     terms = {t: both[f"{t}_term"].to_numpy(float) for t in TERMS}
     ceiling = sum(terms[t] for t in OBSERVABLE)
-    shares, r2 = pratt_shares(logit, np.column_stack([terms[t] for t in OBSERVABLE]))
+    observed = np.column_stack([terms[t] for t in OBSERVABLE])
+    shares, r2 = pratt_shares(logit, observed)
     auc = float(roc_auc_score(y, both["pred"]))
     ceiling_auc = float(roc_auc_score(y, ceiling))
     return {
@@ -120,6 +146,7 @@ def audit_oof(oof: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
         "auc": auc,
         "pauc80": partial_auc_above_tpr(y, both["pred"].to_numpy(float)),
         **{f"corr_{t}": _pearson(logit, terms[t]) for t in TERMS},
+        **{f"pcorr_{t}": float(r) for t, r in zip(OBSERVABLE, partial_correlations(logit, observed))},
         **{f"share_{t}": float(s) for t, s in zip(OBSERVABLE, shares)},
         "r2": r2,
         "ceiling_auc": ceiling_auc,
@@ -128,6 +155,24 @@ def audit_oof(oof: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
         "image_term_auc": float(roc_auc_score(y, terms["image"])),
         "p_true_auc": float(roc_auc_score(y, both["p_true"])),
     }
+
+
+def ceiling_oof(truth: pd.DataFrame, image_ids: pd.Series | None = None) -> pd.DataFrame:
+    """The observable logit (image + meta + duckling terms) as an OOF-shaped table: the perfect model's row.
+
+    Audited like a model (:func:`audit_oof`), it shows what the best score a
+    model can reach from the files looks like: e.g. its ``corr_image`` is the
+    most a score that uses every observable term can correlate with the image
+    term. ``image_ids``: the rows (default: the ``split == "train"`` rows, the
+    labelled ones a model's OOF table covers).
+    """
+    if image_ids is not None:
+        rows = truth[truth["image_id"].isin(set(image_ids))]
+    else:
+        rows = truth[truth["split"] == "train"] if "split" in truth.columns else truth
+    logit = sum(rows[f"{t}_term"].to_numpy(float) for t in OBSERVABLE)
+    return pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "target": rows["target"].to_numpy(),
+                         "pred": 1.0 / (1.0 + np.exp(-logit))})
 
 
 def audit_runs(oofs: Mapping[str, pd.DataFrame], truth: pd.DataFrame) -> pd.DataFrame:

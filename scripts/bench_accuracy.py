@@ -11,8 +11,13 @@ ingests, then trains with the DEFAULT recipes, exactly as the CLI does:
 
 and prints one table (melanet.audit): per cohort and model, OOF AUC, pAUC80,
 the correlation of the OOF logit with the true image / metadata / duckling
-terms, the observable ceiling (AUC of image + meta + duckling terms on the
-same rows) and the gap to it, and the image term's own AUC.
+terms, the partial correlation with the image term (the other terms held
+fixed: the image signal a score holds whatever else it uses), the
+observable ceiling (AUC of image + meta + duckling terms on the same rows)
+and the gap to it, and the image term's own AUC. Each cohort's
+first row, model "ceiling", is the observable logit itself audited like a
+model: the correlations a perfect score has (a perfect score correlates
+well below 1 with any one term).
 
     python scripts/bench_accuracy.py --quick --out /tmp/audit          # ~15 min on 2 idle cores
     python scripts/bench_accuracy.py --out /tmp/audit                  # the full matrix (hours on 2 cores)
@@ -64,8 +69,10 @@ COHORTS: dict[str, dict] = {
 FULL = {name: MODELS for name in ("demo", "p1000", "p3000", "image-signal", "colour", "shape", "grayscale")}
 QUICK = {"demo": MODELS, "image-signal-300": ("image_only",), "colour-300": ("image_only",),
          "shape-300": ("image_only",), "p1000": ("image_only", "gbdt")}
-SHOWN = ("cohort", "model", "n", "auc", "pauc80", "corr_image", "corr_meta", "corr_duckling", "ceiling_auc",
-         "gap", "image_term_auc", "minutes")
+SHOWN = ("cohort", "model", "n", "auc", "pauc80", "corr_image", "corr_meta", "corr_duckling", "pcorr_image",
+         "ceiling_auc", "gap", "image_term_auc", "minutes")
+#: The model name of each cohort's reference row: the observable logit audited like a model (melanet.audit.ceiling_oof).
+CEILING_ROW = "ceiling"
 
 
 def _key(payload: object) -> str:
@@ -170,7 +177,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from melanet.audit import COLUMNS, audit_oof
+    from melanet.audit import COLUMNS, audit_oof, ceiling_oof
     from melanet.errors import MelanetError
 
     plan = dict(QUICK if args.quick else FULL)
@@ -198,6 +205,8 @@ def main() -> None:
         truth = pd.read_csv(src / "truth.csv", dtype={"image_id": str})
         prep_min = (time.perf_counter() - t0) / 60
         print(f"[{cohort}] synth + ingest {prep_min:.1f} min", flush=True)
+        rows.append({"cohort": cohort, "model": CEILING_ROW, **audit_oof(ceiling_oof(truth), truth), "minutes": 0.0,
+                     "synth": json.dumps(synth_settings(cohort, args.set_synth), sort_keys=True)})
         done: dict[str, Path] = {}
         for model in MODELS:  # dependency order
             needed = model in models or any(model in NEEDS.get(m, ()) for m in models)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from melanet.audit import COLUMNS, audit_oof, audit_runs, oof_logit, pratt_shares
+from melanet.audit import COLUMNS, audit_oof, audit_runs, ceiling_oof, oof_logit, partial_correlations, pratt_shares
 from melanet.errors import InputDataError
 
 
@@ -69,6 +69,36 @@ def test_a_constant_term_gets_no_share():
     terms = np.column_stack([rng.normal(size=500), np.zeros(500), rng.normal(size=500)])
     shares, r2 = pratt_shares(2 * terms[:, 0] + terms[:, 2], terms)
     assert shares[1] == 0 and r2 == pytest.approx(1.0) and shares[0] == pytest.approx(0.8, abs=0.05)
+
+
+def test_a_fusion_that_keeps_all_image_signal_loses_correlation_but_not_partial_correlation(truth):
+    """Using the metadata well lowers corr_image (the score varies with meta too); pcorr_image sees through that."""
+    rng = np.random.default_rng(3)
+    image_estimate = truth["image_term"] + rng.normal(0, 1.0, len(truth))  # an image model with r ~0.83
+    image_only = audit_oof(_oof(truth, expit(image_estimate)), truth)
+    fusion = audit_oof(_oof(truth, expit(0.7 * image_estimate + truth["meta_term"])), truth)
+    assert fusion["auc"] > image_only["auc"]
+    assert fusion["corr_image"] < image_only["corr_image"] - 0.05
+    assert fusion["pcorr_image"] == pytest.approx(image_only["pcorr_image"], abs=0.02)
+    assert fusion["pcorr_meta"] > 0.5 > abs(image_only["pcorr_meta"]) + 0.4
+
+
+def test_the_ceiling_row_is_the_observable_logit_with_perfect_partial_correlations(truth):
+    table = pd.concat([truth, truth.head(5).assign(image_id=lambda d: d["image_id"] + "_test", split="test")])
+    oof = ceiling_oof(table)
+    assert len(oof) == len(truth) and not oof["image_id"].str.endswith("_test").any()
+    row = audit_oof(oof, table)
+    assert row["gap"] == pytest.approx(0.0, abs=1e-12)
+    assert all(row[f"pcorr_{t}"] == pytest.approx(1.0) for t in ("image", "meta", "duckling"))
+    # Sd 1.5 of the image term against a total sd of sqrt(1.5^2 + 0.8^2 + 1^2): a perfect score's corr_image.
+    assert row["corr_image"] == pytest.approx(1.5 / np.sqrt(1.5 ** 2 + 0.8 ** 2 + 1.0), abs=0.03)
+
+
+def test_partial_correlation_of_a_constant_term_is_nan():
+    rng = np.random.default_rng(4)
+    terms = np.column_stack([rng.normal(size=300), np.zeros(300)])
+    r = partial_correlations(terms[:, 0] + rng.normal(size=300), terms)
+    assert 0.6 < r[0] < 0.8 and np.isnan(r[1])
 
 
 def test_only_the_oof_rows_are_scored_and_unknown_ids_are_refused(truth):
