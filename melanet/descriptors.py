@@ -21,7 +21,9 @@ the cost does not grow with the cache size):
 3. radial vignetting is corrected: the 90th percentile of lightness per ring
    around the centre, beyond its brightest ring, is brought back to that
    ring's level (gain at most ``MAX_VIGNETTE_GAIN``), so dark corners do not
-   look like lesion;
+   look like lesion (steps 1-3 for the field of view and the gain run on a
+   copy of at most ``COARSE_SIDE`` pixels; the gain is applied to the RGB
+   work image, and step 1 is repeated on it for the channel);
 4. the skin reference is the median CIELAB colour of the field of view's
    outer band (beyond 70 % of the half side); the segmentation channel is the
    CIE76 colour distance (ΔE) of each pixel from it, lightly smoothed;
@@ -59,7 +61,9 @@ import numpy as np
 #: Bumped whenever a change alters any value, so cached descriptors are recomputed.
 DESCRIPTOR_VERSION = 5
 #: Side (pixels) the mask is computed at; descriptors are reported in pixels of the input image.
-WORK_SIDE = 64
+WORK_SIDE = 96
+#: Side (pixels) of the copy the field of view and the vignetting are found on.
+COARSE_SIDE = 48
 MIN_CONTRAST = 4.0  # ΔE: below it the image shows no lesion to segment
 MIN_CONTRAST_TO_SPREAD = 0.75  # lesion-vs-ring ΔE over the colour spread inside the lesion
 MIN_AREA_FRACTION = 0.003
@@ -131,7 +135,12 @@ def _to_work(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     if scale <= 1.0:
         return np.ascontiguousarray(rgb, dtype=np.uint8), 1.0
     size = (max(1, round(w / scale)), max(1, round(h / scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+    if h % size[1] == 0 and w % size[0] == 0:
+        return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+    # A fractional ratio (128 -> 96) takes OpenCV's general area filter, ~2x slower on uint8 than on float32;
+    # float32 then rounded gives the same bytes (rounding half to even, as OpenCV's uint8 cast).
+    small = cv2.resize(np.ascontiguousarray(rgb, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+    return np.rint(small, out=small).astype(np.uint8), scale
 
 
 #: 8-bit OpenCV CIELAB -> L in 0-100, a and b in -128..127 (D65), for cv2.transform. OpenCV's 8-bit
@@ -217,14 +226,14 @@ def _rings(h: int, w: int, rings: int) -> tuple[np.ndarray, np.ndarray]:
     return index, 0.5 * (edges[1:] + edges[:-1])
 
 
-def _vignette_gain(closed8: np.ndarray, fov: np.ndarray, rings: int = 12) -> np.ndarray | None:
-    """Per-pixel gain (H, W) undoing radial darkening beyond the brightest ring (1 inside it); None when
+def _vignette_gain(closed8: np.ndarray, fov: np.ndarray, shape: tuple[int, int],
+                   rings: int = 12) -> np.ndarray | None:
+    """Per-pixel gain (``shape``) undoing radial darkening beyond the brightest ring (1 inside it); None when
     no ring needs lifting.
 
     The ring levels (90th percentile of lightness per ring, inside the field of
     view) are order statistics of the 8-bit lightness ``closed8`` (0-255, the
-    hair-closed L plane), read from one ring x level histogram (no sort, no
-    resampling: the working image is small).
+    hair-closed L plane of the coarse copy), read from one ring x level histogram.
     """
     h, w = closed8.shape
     ring_map, centres = _rings(h, w, rings)
@@ -246,31 +255,47 @@ def _vignette_gain(closed8: np.ndarray, fov: np.ndarray, rings: int = 12) -> np.
         gain[i] = min(MAX_VIGNETTE_GAIN, max(1.0, level[top] / level[i])) if level[i] else gain[i - 1]
     if max(gain) <= 1.0:
         return None
-    return np.interp(_radius_map(h, w), centres, gain).astype(np.float32)
+    return np.interp(_radius_map(*shape), centres, gain).astype(np.float32)
+
+
+def _coarse_view(work: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Field of view (H, W) bool and vignetting gain (H, W) float32 or None of the work image, both found on a
+    copy of at most ``COARSE_SIDE`` pixels (steps 1-3 of the method on its hair-closed lightness): the scope's
+    dark edge and the vignetting are smooth, large structures, so a quarter of the pixels is plenty."""
+    h, w = work.shape[:2]
+    coarse = work
+    if max(h, w) > COARSE_SIDE:
+        size = (max(1, round(w * COARSE_SIDE / max(h, w))), max(1, round(h * COARSE_SIDE / max(h, w))))
+        coarse = cv2.resize(work, size, interpolation=cv2.INTER_AREA)
+    ch, cw = coarse.shape[:2]
+    lightness = cv2.cvtColor(np.ascontiguousarray(coarse), cv2.COLOR_RGB2LAB)[..., 0]
+    closed8 = cv2.morphologyEx(lightness, cv2.MORPH_CLOSE, _disc(max(ch, cw) / 24))
+    fov = _field_of_view(closed8.astype(np.float32) * np.float32(100 / 255), _radius_map(ch, cw))
+    gain = _vignette_gain(closed8, fov, (h, w))
+    if (ch, cw) != (h, w):
+        fov = cv2.resize(fov.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return fov, gain
 
 
 def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     """Mask on the work-size image (None when it fails) and what the descriptors reuse."""
     h, w = work.shape[:2]
     rad = _radius_map(h, w)
+    fov, gain = _coarse_view(work)
+    if gain is not None:  # rounded and clipped to 0-255 by OpenCV's saturating cast
+        work = cv2.multiply(work, cv2.merge([gain, gain, gain]), dtype=cv2.CV_8U)
     lab8 = cv2.cvtColor(np.ascontiguousarray(work), cv2.COLOR_RGB2LAB)
-    hair_kernel = _disc(max(h, w) / 24)
     # Rank filters (closing, median) run on the 8-bit planes: they commute with the affine map to CIELAB units.
     planes8 = cv2.split(lab8)
-    closed8 = cv2.morphologyEx(planes8[0], cv2.MORPH_CLOSE, hair_kernel)
-    fov = _field_of_view(closed8.astype(np.float32) * np.float32(100 / 255), rad)
-    gain = _vignette_gain(closed8, fov)
-    if gain is not None:  # rounded and clipped to 0-255 by OpenCV's saturating cast
-        lab8 = cv2.cvtColor(cv2.multiply(work, cv2.merge([gain, gain, gain]), dtype=cv2.CV_8U), cv2.COLOR_RGB2LAB)
-        planes8 = cv2.split(lab8)
-        closed8 = cv2.morphologyEx(planes8[0], cv2.MORPH_CLOSE, hair_kernel)
+    closed8 = cv2.morphologyEx(planes8[0], cv2.MORPH_CLOSE, _disc(max(h, w) / 24))
     lab = cv2.transform(lab8.astype(np.float32), _LAB_AFFINE)
     # Hair-free copy for the channel: hair is thin and dark, so a closing removes it from L, a median from a/b.
     clean_l = closed8.astype(np.float32) * np.float32(100 / 255)
-    # a and b as one two-channel image: OpenCV's 5x5 median of a single small 8-bit plane takes a path ~10x
-    # slower (64 px: ~370 us a plane against ~100 us for both together); same values.
-    clean_planes = [clean_l] + [p.astype(np.float32) - np.float32(128)
-                                for p in cv2.split(cv2.medianBlur(cv2.merge(planes8[1:]), 5))]
+    # Below ~72 px a and b go as one two-channel image: OpenCV's 5x5 median of a single 8-bit plane that small
+    # takes a path ~10x slower (64 px: ~500 us a plane against ~100 us for both together); same values.
+    ab = cv2.split(cv2.medianBlur(cv2.merge(planes8[1:]), 5)) if max(h, w) < 72 else \
+        [cv2.medianBlur(p, 5) for p in planes8[1:]]
+    clean_planes = [clean_l] + [p.astype(np.float32) - np.float32(128) for p in ab]
     clean = cv2.merge(clean_planes)
     hair = cv2.subtract(closed8, planes8[0]) > 25  # dark thin structures the closing removed (> 10 L*)
     info = {"lab": lab, "clean": clean, "clean_l": clean_l, "fov": fov, "hair": hair, "rad": rad}
