@@ -217,6 +217,20 @@ def _field_of_view(lightness: np.ndarray, rad: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
+def _radius_levels(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of :func:`_radius_map` and each pixel's index among them (H, W) (cached: read-only);
+    a radial profile is then evaluated once per distinct radius (an eighth of the pixels on a square)."""
+    levels, inverse = np.unique(_radius_map(h, w), return_inverse=True)
+    return levels, inverse.reshape(h, w)
+
+
+@functools.lru_cache(maxsize=8)
+def _outer_band(h: int, w: int) -> np.ndarray:
+    """Pixels beyond 70 % of the half side (cached: read-only)."""
+    return _radius_map(h, w) > 0.7
+
+
+@functools.lru_cache(maxsize=8)
 def _rings(h: int, w: int, rings: int) -> tuple[np.ndarray, np.ndarray]:
     """Ring index (H, W) of each pixel among ``rings`` equal-width rings around the centre and the ring
     centres (half sides) (cached: read-only)."""
@@ -255,7 +269,8 @@ def _vignette_gain(closed8: np.ndarray, fov: np.ndarray, shape: tuple[int, int],
         gain[i] = min(MAX_VIGNETTE_GAIN, max(1.0, level[top] / level[i])) if level[i] else gain[i - 1]
     if max(gain) <= 1.0:
         return None
-    return np.interp(_radius_map(*shape), centres, gain).astype(np.float32)
+    levels, inverse = _radius_levels(*shape)
+    return np.interp(levels, centres, gain).astype(np.float32)[inverse]  # = np.interp on every pixel
 
 
 def _coarse_view(work: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -299,7 +314,7 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     clean = cv2.merge(clean_planes)
     hair = cv2.subtract(closed8, planes8[0]) > 25  # dark thin structures the closing removed (> 10 L*)
     info = {"lab": lab, "clean": clean, "clean_l": clean_l, "fov": fov, "hair": hair, "rad": rad}
-    band = fov & (rad > 0.7)
+    band = fov & _outer_band(h, w)
     if np.count_nonzero(band) < 20:
         band = fov
     if np.count_nonzero(band) < 20:
