@@ -341,7 +341,7 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     if score[best - 1] <= 0:
         return None, info
     mask = _fill_holes(labels == best)
-    share = mask.sum() / max(1, fov.sum())
+    share = np.count_nonzero(mask) / max(1, np.count_nonzero(fov))
     if share < MIN_AREA_FRACTION or share > MAX_AREA_FRACTION:
         return None, info
     # A lesion differs from the skin just around it by more than it varies inside (texture or noise
