@@ -21,7 +21,9 @@ the cost does not grow with the cache size):
 3. radial vignetting is corrected: the 90th percentile of lightness per ring
    around the centre, beyond its brightest ring, is brought back to that
    ring's level (gain at most ``MAX_VIGNETTE_GAIN``), so dark corners do not
-   look like lesion;
+   look like lesion (steps 1-3 for the field of view and the gain run on a
+   copy of at most ``COARSE_SIDE`` pixels; the gain is applied to the RGB
+   work image, and step 1 is repeated on it for the channel);
 4. the skin reference is the median CIELAB colour of the field of view's
    outer band (beyond 70 % of the half side); the segmentation channel is the
    CIE76 colour distance (ΔE) of each pixel from it, lightly smoothed;
@@ -57,9 +59,11 @@ import cv2
 import numpy as np
 
 #: Bumped whenever a change alters any value, so cached descriptors are recomputed.
-DESCRIPTOR_VERSION = 4
+DESCRIPTOR_VERSION = 5
 #: Side (pixels) the mask is computed at; descriptors are reported in pixels of the input image.
 WORK_SIDE = 96
+#: Side (pixels) of the copy the field of view and the vignetting are found on.
+COARSE_SIDE = 48
 MIN_CONTRAST = 4.0  # ΔE: below it the image shows no lesion to segment
 MIN_CONTRAST_TO_SPREAD = 0.75  # lesion-vs-ring ΔE over the colour spread inside the lesion
 MIN_AREA_FRACTION = 0.003
@@ -131,7 +135,12 @@ def _to_work(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     if scale <= 1.0:
         return np.ascontiguousarray(rgb, dtype=np.uint8), 1.0
     size = (max(1, round(w / scale)), max(1, round(h / scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+    if h % size[1] == 0 and w % size[0] == 0:
+        return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+    # A fractional ratio (128 -> 96) takes OpenCV's general area filter, ~2x slower on uint8 than on float32;
+    # float32 then rounded gives the same bytes (rounding half to even, as OpenCV's uint8 cast).
+    small = cv2.resize(np.ascontiguousarray(rgb, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+    return np.rint(small, out=small).astype(np.uint8), scale
 
 
 #: 8-bit OpenCV CIELAB -> L in 0-100, a and b in -128..127 (D65), for cv2.transform. OpenCV's 8-bit
@@ -202,9 +211,23 @@ def _field_of_view(lightness: np.ndarray, rad: np.ndarray) -> np.ndarray:
         region = labels == lab
         # A ring or dark corners lie outside the inscribed circle and leave most of the picture;
         # a dark background around a bright object (most of the picture) is not a field-of-view edge.
-        if np.median(rad[region]) > 0.85 and region.mean() < 0.6:
+        if np.count_nonzero(region) < 0.6 * region.size and _median(rad[region]) > 0.85:
             fov &= ~region
     return fov
+
+
+@functools.lru_cache(maxsize=8)
+def _radius_levels(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of :func:`_radius_map` and each pixel's index among them (H, W) (cached: read-only);
+    a radial profile is then evaluated once per distinct radius (an eighth of the pixels on a square)."""
+    levels, inverse = np.unique(_radius_map(h, w), return_inverse=True)
+    return levels, inverse.reshape(h, w)
+
+
+@functools.lru_cache(maxsize=8)
+def _outer_band(h: int, w: int) -> np.ndarray:
+    """Pixels beyond 70 % of the half side (cached: read-only)."""
+    return _radius_map(h, w) > 0.7
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,70 +240,83 @@ def _rings(h: int, w: int, rings: int) -> tuple[np.ndarray, np.ndarray]:
     return index, 0.5 * (edges[1:] + edges[:-1])
 
 
-def _vignette_gain(lightness: np.ndarray, fov: np.ndarray, rings: int = 12) -> np.ndarray | None:
-    """Per-pixel gain (H, W) undoing radial darkening beyond the brightest ring (1 inside it); None when
+def _vignette_gain(closed8: np.ndarray, fov: np.ndarray, shape: tuple[int, int],
+                   rings: int = 12) -> np.ndarray | None:
+    """Per-pixel gain (``shape``) undoing radial darkening beyond the brightest ring (1 inside it); None when
     no ring needs lifting.
 
     The ring levels (90th percentile of lightness per ring, inside the field of
-    view) are measured on a 48-pixel copy: vignetting is smooth, and this keeps it cheap.
+    view) are order statistics of the 8-bit lightness ``closed8`` (0-255, the
+    hair-closed L plane of the coarse copy), read from one ring x level histogram.
     """
-    h, w = lightness.shape
-    full_rad = _radius_map(h, w)
-    if max(h, w) > 48:
-        size = (max(1, round(w * 48 / max(h, w))), max(1, round(h * 48 / max(h, w))))
-        lightness = cv2.resize(lightness, size, interpolation=cv2.INTER_AREA)
-        fov = cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    ring_map, centres = _rings(lightness.shape[0], lightness.shape[1], rings)
-    ring = ring_map[fov]
-    # 90th percentile per ring in one sort: L is in 0-100, so ring * 1000 + L orders by ring, then lightness.
-    keys = np.sort(ring * 1000.0 + lightness[fov])
-    counts = np.bincount(ring, minlength=rings)
-    if not len(keys):
+    h, w = closed8.shape
+    ring_map, centres = _rings(h, w, rings)
+    hist = np.bincount((ring_map[fov] << 8) | closed8[fov], minlength=rings * 256).reshape(rings, 256)
+    counts = hist.sum(axis=1)
+    if not counts.any():
         return None
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    picks = np.minimum(starts + (0.9 * (counts - 1)).astype(int), len(keys) - 1)
-    level = np.where(counts >= 8, keys[picks] - np.arange(rings) * 1000.0, np.nan)
-    if np.isnan(level).all():
+    # The order statistic at int(0.9 * (count - 1)) (0-based) of each ring: the first level whose cumulative
+    # count exceeds it.
+    picks = (0.9 * (counts - 1)).astype(int)
+    codes = (hist.cumsum(axis=1) <= picks[:, None]).sum(axis=1)
+    level = [c * (100.0 / 255.0) if k >= 8 else None for c, k in zip(codes.tolist(), counts.tolist())]
+    measured = [v for v in level if v is not None]
+    if not measured:
         return None
-    top = int(np.nanargmax(level))
-    gain = np.ones(rings)
+    top = level.index(max(measured))  # the first brightest ring
+    gain = [1.0] * rings
     for i in range(top + 1, rings):
-        if not np.isnan(level[i]) and level[i] > 0:
-            gain[i] = min(MAX_VIGNETTE_GAIN, max(1.0, level[top] / level[i]))
-        else:
-            gain[i] = gain[i - 1]
-    if not (gain > 1.0).any():
+        gain[i] = min(MAX_VIGNETTE_GAIN, max(1.0, level[top] / level[i])) if level[i] else gain[i - 1]
+    if max(gain) <= 1.0:
         return None
-    return np.interp(full_rad, centres, gain).astype(np.float32)
+    levels, inverse = _radius_levels(*shape)
+    return np.interp(levels, centres, gain).astype(np.float32)[inverse]  # = np.interp on every pixel
+
+
+def _coarse_view(work: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Field of view (H, W) bool and vignetting gain (H, W) float32 or None of the work image, both found on a
+    copy of at most ``COARSE_SIDE`` pixels (steps 1-3 of the method on its hair-closed lightness): the scope's
+    dark edge and the vignetting are smooth, large structures, so a quarter of the pixels is plenty."""
+    h, w = work.shape[:2]
+    coarse = work
+    if max(h, w) > COARSE_SIDE:
+        size = (max(1, round(w * COARSE_SIDE / max(h, w))), max(1, round(h * COARSE_SIDE / max(h, w))))
+        coarse = cv2.resize(work, size, interpolation=cv2.INTER_AREA)
+    ch, cw = coarse.shape[:2]
+    lightness = cv2.cvtColor(np.ascontiguousarray(coarse), cv2.COLOR_RGB2LAB)[..., 0]
+    closed8 = cv2.morphologyEx(lightness, cv2.MORPH_CLOSE, _disc(max(ch, cw) / 24))
+    fov = _field_of_view(closed8.astype(np.float32) * np.float32(100 / 255), _radius_map(ch, cw))
+    gain = _vignette_gain(closed8, fov, (h, w))
+    if (ch, cw) != (h, w):
+        fov = cv2.resize(fov.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return fov, gain
 
 
 def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     """Mask on the work-size image (None when it fails) and what the descriptors reuse."""
     h, w = work.shape[:2]
     rad = _radius_map(h, w)
+    fov, gain = _coarse_view(work)
+    if gain is not None:  # rounded and clipped to 0-255 by OpenCV's saturating cast
+        work = cv2.multiply(work, cv2.merge([gain, gain, gain]), dtype=cv2.CV_8U)
     lab8 = cv2.cvtColor(np.ascontiguousarray(work), cv2.COLOR_RGB2LAB)
-    lab = cv2.transform(lab8.astype(np.float32), _LAB_AFFINE)
-    hair_kernel = _disc(max(h, w) / 24)
     # Rank filters (closing, median) run on the 8-bit planes: they commute with the affine map to CIELAB units.
     planes8 = cv2.split(lab8)
-    closed_l = cv2.morphologyEx(planes8[0], cv2.MORPH_CLOSE, hair_kernel).astype(np.float32) * np.float32(100 / 255)
-    fov = _field_of_view(closed_l, rad)
-    gain = _vignette_gain(closed_l, fov)
-    corrected = gain is not None
-    if corrected:
-        lifted = cv2.multiply(work.astype(np.float32), cv2.merge([gain, gain, gain]))
-        lab8 = cv2.cvtColor(np.clip(lifted + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2LAB)
-        lab = cv2.transform(lab8.astype(np.float32), _LAB_AFFINE)
-        planes8 = cv2.split(lab8)
-        closed_l = (cv2.morphologyEx(planes8[0], cv2.MORPH_CLOSE, hair_kernel).astype(np.float32)
-                    * np.float32(100 / 255))
+    closed8 = cv2.morphologyEx(planes8[0], cv2.MORPH_CLOSE, _disc(max(h, w) / 24))
+    lab = cv2.transform(lab8.astype(np.float32), _LAB_AFFINE)
     # Hair-free copy for the channel: hair is thin and dark, so a closing removes it from L, a median from a/b.
-    clean_l = closed_l
-    clean_planes = [clean_l] + [cv2.medianBlur(planes8[i], 5).astype(np.float32) - np.float32(128) for i in (1, 2)]
+    clean_l = closed8.astype(np.float32) * np.float32(100 / 255)
+    # A 3x3 median (hairs are at most ~2 px wide at WORK_SIDE; the closing takes wider ones out of L): OpenCV's
+    # 5x5 median cost ~15 % of the descriptor time at 96 px, the 3x3 one a tenth of that. Below ~72 px a and b
+    # go as one two-channel image: OpenCV's median of a single 8-bit plane that small takes a path ~10x slower
+    # (same values).
+    ab = cv2.split(cv2.medianBlur(cv2.merge(planes8[1:]), 3)) if max(h, w) < 72 else \
+        [cv2.medianBlur(p, 3) for p in planes8[1:]]
+    clean_planes = [clean_l] + [p.astype(np.float32) - np.float32(128) for p in ab]
     clean = cv2.merge(clean_planes)
-    hair = (clean_l - lab[..., 0]) > 10.0  # dark thin structures the closing removed
+    hair = cv2.subtract(closed8, planes8[0]) > 25  # dark thin structures the closing removed (> 10 L*)
     info = {"lab": lab, "clean": clean, "clean_l": clean_l, "fov": fov, "hair": hair, "rad": rad}
-    band = fov & (rad > 0.7)
+    band = fov & _outer_band(h, w)
     if np.count_nonzero(band) < 20:
         band = fov
     if np.count_nonzero(band) < 20:
@@ -307,7 +343,7 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     if score[best - 1] <= 0:
         return None, info
     mask = _fill_holes(labels == best)
-    share = mask.sum() / max(1, fov.sum())
+    share = np.count_nonzero(mask) / max(1, np.count_nonzero(fov))
     if share < MIN_AREA_FRACTION or share > MAX_AREA_FRACTION:
         return None, info
     # A lesion differs from the skin just around it by more than it varies inside (texture or noise
@@ -401,25 +437,40 @@ def _color_clusters(lab_pixels: np.ndarray) -> int:
     if n < 24:
         return 1
     q = np.floor(lab_pixels * np.float32(1.0 / COLOR_CLUSTER_MERGE_DE)).astype(np.int64)
-    key = (q[:, 0] * 64 + (q[:, 1] + 32)) * 64 + (q[:, 2] + 32)  # |a|, |b| < 128: bins -11..10 fit in 64
-    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    sums = np.stack([np.bincount(inverse, weights=lab_pixels[:, i], minlength=len(counts)) for i in range(3)], 1)
-    groups = [((sums[k] / counts[k]).tolist(), counts[k] / n) for k in np.flatnonzero(counts >= 0.005 * n)]
+    # Bin number in (L, a, b) order: L* 0-100 gives bins 0-8, a* and b* (-128..127) bins -11..10.
+    key = (q[:, 0] * 22 + (q[:, 1] + 11)) * 22 + (q[:, 2] + 11)
+    counts = np.bincount(key, minlength=9 * 22 * 22)
+    bins = np.flatnonzero(counts >= 0.005 * n)
+    sums = np.stack([np.bincount(key, weights=lab_pixels[:, i], minlength=len(counts))[bins] for i in range(3)], 1)
+    colours = (sums / counts[bins, None]).tolist()
+    shares = (counts[bins] / n).tolist()
+
+    def dist2(ci: list[float], cj: list[float]) -> float:
+        return (ci[0] - cj[0]) ** 2 + (ci[1] - cj[1]) ** 2 + (ci[2] - cj[2]) ** 2
+
+    # Squared distances of every pair (i < j), kept and updated as colours merge.
+    d2 = [[dist2(ci, cj) for cj in colours[i + 1:]] for i, ci in enumerate(colours)]
     limit = COLOR_CLUSTER_MERGE_DE ** 2
-    while len(groups) > 1:
+    while len(colours) > 1:
         best, pair = limit, None
-        for i, (ci, _) in enumerate(groups):
-            for j in range(i + 1, len(groups)):
-                cj = groups[j][0]
-                d2 = (ci[0] - cj[0]) ** 2 + (ci[1] - cj[1]) ** 2 + (ci[2] - cj[2]) ** 2
-                if d2 < best:
-                    best, pair = d2, (i, j)
+        for i, row in enumerate(d2):
+            if row:
+                m = min(row)
+                if m < best:
+                    best, pair = m, (i, i + 1 + row.index(m))
         if pair is None:
             break
-        (ci, si), (cj, sj) = groups[pair[0]], groups[pair[1]]
-        groups[pair[0]] = ([(a * si + b * sj) / (si + sj) for a, b in zip(ci, cj)], si + sj)
-        del groups[pair[1]]
-    return max(1, sum(share >= COLOR_CLUSTER_MIN_SHARE for _, share in groups))
+        i, j = pair
+        si, sj = shares[i], shares[j]
+        colours[i] = [(a * si + b * sj) / (si + sj) for a, b in zip(colours[i], colours[j])]
+        shares[i] = si + sj
+        del colours[j], shares[j], d2[j]
+        for k in range(j):  # drop column j (row k holds columns k + 1 ...)
+            del d2[k][j - k - 1]
+        for k in range(i):  # distances to the merged colour
+            d2[k][i - k - 1] = dist2(colours[k], colours[i])
+        d2[i] = [dist2(colours[i], cj) for cj in colours[i + 1:]]
+    return max(1, sum(share >= COLOR_CLUSTER_MIN_SHARE for share in shares))
 
 
 def lesion_descriptors(rgb_uint8: np.ndarray, rule: str = "color") -> dict[str, float | bool]:

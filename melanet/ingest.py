@@ -201,12 +201,22 @@ def settings_tag(settings: dict[str, Any]) -> str:
     return f"s{settings['image_size']}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def _sha256(path: Path) -> str:
+#: Files up to this size (bytes) are read into memory once, hashed and parsed from there; larger ones are hashed
+#: in blocks and parsed from disk (a second read) so that a huge multi-frame file is not held twice.
+READ_ONCE_MAX_BYTES = 64 << 20
+
+
+def _read_hashed(path: Path, max_bytes: int = READ_ONCE_MAX_BYTES) -> tuple[bytes | None, str]:
+    """(the file's bytes, or None when it is larger than ``max_bytes``; its sha256 hex digest)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size <= max_bytes:
+            data = fh.read()
+            digest.update(data)
+            return data, digest.hexdigest()
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return None, digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- per-file work
@@ -227,7 +237,7 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
     from melanet.dicom.readers import read_dicom
 
     try:
-        sha = _sha256(path)
+        data, sha = _read_hashed(path)  # the bytes are parsed below: one read of the file, not two
     except OSError as exc:
         return {"error": {"path": rel, "stage": "read", "error": f"cannot read file: {exc.strerror or exc}"}}
     image_path = f"images/{settings_tag(settings)}/{sha[:2]}/{sha}.npy"
@@ -248,7 +258,7 @@ def process_file(path: Path, rel: str, out_dir: Path, settings: dict[str, Any], 
             return {"row": row, "skipped": True}
     try:
         rec = read_dicom(path, reader=settings["reader"], multiframe=settings["multiframe"],
-                         min_side=settings["image_size"])
+                         min_side=settings["image_size"], data=data)
     except DicomError as exc:
         return {"error": {"path": rel, "stage": exc.stage, "error": str(exc).replace(str(path), rel)}}
     except Exception as exc:  # a reader bug must not lose the file: record it with its type

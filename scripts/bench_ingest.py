@@ -127,6 +127,12 @@ def main() -> None:
     one, two = (np.median(cpu[f"ingest --workers {w}"]) for w in (1, 2))
     print(f"2 workers: {np.median(times['ingest --workers 1']) / np.median(times['ingest --workers 2']):.2f}x the "
           f"wall speed of 1 worker, spending {two / one - 1:+.0%} CPU (2.00x and +0% is perfect scaling)")
+    w2_ratio = base / float(np.median(times["ingest --workers 2"]))
+    w2_on, w2_off = (float(np.median(times[f"ingest --workers 2{s}"])) for s in ("", ", no descr."))
+    w2_con, w2_coff = (float(np.median(cpu[f"ingest --workers 2{s}"])) for s in ("", ", no descr."))
+    print(f"issue 13 targets (>= 1,000 files; wall figures need an idle machine): descriptors add "
+          f"{w2_on / w2_off - 1:+.0%} wall / {w2_con / w2_coff - 1:+.0%} CPU with 2 workers (target <= +30%); "
+          f"2 workers reach {w2_ratio:.2f}x the bare decode loop (target >= 1.60x)")
     print(f"cache load per image: npy {t_npy / len(sample) * 1e3:.2f} ms, png {t_png / len(sample) * 1e3:.2f} ms, "
           f"DICOM decode {t_dcm / len(sample) * 1e3:.2f} ms  (npy is {t_dcm / t_npy:.0f}x faster than re-decoding)")
     if args.workdir is None:

@@ -31,6 +31,7 @@ Readers (``READERS``):
 from __future__ import annotations
 
 import struct
+from io import BytesIO
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,25 +66,30 @@ class DicomRecord:
 
 
 def read_dicom(path: str | Path, reader: str = "pydicom", multiframe: str = "middle",
-               min_side: int | None = None) -> DicomRecord:
+               min_side: int | None = None, data: bytes | None = None) -> DicomRecord:
     """Read ``path`` with the reader named ``reader``; ``multiframe`` as in
     :func:`melanet.dicom.pixels.to_uint8_rgb` (``first``, ``middle``, ``mip``, ``mean``).
     ``min_side``: the smallest picture side the caller needs (pixels); the ``pydicom`` reader then
     decodes 8-bit JPEG 2000 at a reduced resolution (:func:`melanet.dicom.pixels.decode`), so
     ``pixels`` can be smaller than Rows x Columns (never below ``min_side``).
+    ``data``: the file's bytes when the caller has already read them (ingest hashes them): the header is
+    then parsed from memory (same dataset, one read of the file fewer); ``path`` still names the file in
+    messages (the ``sitk`` reader reads its pixels from ``path``).
 
     Raises ConfigError for an unknown reader or policy, DicomError (with
     ``stage``) for a file that cannot be read.
     """
     if reader not in READERS:
         raise unknown_choice("reader", reader, READERS)
-    return READERS[reader](Path(path), check_policy(multiframe), min_side)
+    return READERS[reader](Path(path), check_policy(multiframe), min_side, data)
 
 
-def read_header(path: Path, stop_before_pixels: bool = False) -> Dataset:
-    """``dcmread(path, force=True)``, refusing files that are not DICOM, with the transfer syntax filled in."""
+def read_header(path: Path, stop_before_pixels: bool = False, data: bytes | None = None) -> Dataset:
+    """``dcmread(path, force=True)`` (of ``data``, the file's bytes, when given), refusing files that are not
+    DICOM, with the transfer syntax filled in."""
     try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(BytesIO(data) if data is not None else path, force=True,
+                             stop_before_pixels=stop_before_pixels)
         is_dicom = _looks_like_dicom(ds)
         if is_dicom and not ds.file_meta.get("TransferSyntaxUID"):
             ds.file_meta.TransferSyntaxUID = guess_transfer_syntax(ds)
@@ -161,19 +167,21 @@ def _pixels(path: Path, convert: Callable[[], np.ndarray]) -> np.ndarray:
                          stage="pixels") from exc
 
 
-def read_pydicom(path: Path, multiframe: str = "middle", min_side: int | None = None) -> DicomRecord:
+def read_pydicom(path: Path, multiframe: str = "middle", min_side: int | None = None,
+                 data: bytes | None = None) -> DicomRecord:
     """The ``pydicom`` reader: one read, one decode of only the frames needed (at reduced resolution
     for 8-bit JPEG 2000 when ``min_side`` allows, see :func:`read_dicom`)."""
-    ds = read_header(path)
+    ds = read_header(path, data=data)
     meta = _header_meta(path, ds)
     return DicomRecord(path, meta, _pixels(path, lambda: to_uint8_rgb(ds, multiframe=multiframe,
                                                                        min_side=min_side)))
 
 
-def read_sitk(path: Path, multiframe: str = "middle", min_side: int | None = None) -> DicomRecord:
+def read_sitk(path: Path, multiframe: str = "middle", min_side: int | None = None,
+              data: bytes | None = None) -> DicomRecord:
     """The ``sitk`` reader: SimpleITK (GDCM) pixels, pydicom header (see the module notes); always full
     resolution (``min_side`` is accepted and ignored)."""
-    ds = read_header(path, stop_before_pixels=True)
+    ds = read_header(path, stop_before_pixels=True, data=data)
     meta = _header_meta(path, ds)
     return DicomRecord(path, meta, _pixels(path, lambda: _sitk_pixels(path, ds, multiframe)))
 
@@ -205,5 +213,5 @@ def _undo_gdcm_inversion(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.float32(slope * (-1 if signed else 2**bits - 1) + 2 * intercept) - arr.astype(np.float32)
 
 
-#: Reader name -> function(path, multiframe, min_side) -> DicomRecord.
-READERS: dict[str, Callable[[Path, str], DicomRecord]] = {"pydicom": read_pydicom, "sitk": read_sitk}
+#: Reader name -> function(path, multiframe, min_side, data) -> DicomRecord.
+READERS: dict[str, Callable[..., DicomRecord]] = {"pydicom": read_pydicom, "sitk": read_sitk}
