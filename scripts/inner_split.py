@@ -51,7 +51,8 @@ def split(data_dir: Path, fold: int, out: Path, folds: int = 4, seed: int = 0, t
 
 
 def audit(truth_csv: Path, runs: list[Path]):
-    """Audit figures of each run: pooled over its OOF rows, and the mean of AUC and r(image) over inner folds."""
+    """Audit figures of each run: pooled over its OOF rows, and the mean of AUC and r(image) over inner folds
+    (every finished fold when the run trained a subset of them)."""
     import pandas as pd
 
     from melanet.audit import audit_oof
@@ -59,7 +60,9 @@ def audit(truth_csv: Path, runs: list[Path]):
     truth = pd.read_csv(truth_csv, dtype={"image_id": str})
     rows = []
     for run in runs:
-        oof = pd.read_parquet(run / "oof.parquet")
+        merged = run / "oof.parquet"  # a run of a subset of the inner folds (--folds) has only fold_<k>/oof.parquet
+        oof = pd.read_parquet(merged) if merged.is_file() else pd.concat(
+            [pd.read_parquet(p) for p in sorted(run.glob("fold_*/oof.parquet"))], ignore_index=True)
         pooled = audit_oof(oof, truth)
         per_fold = pd.DataFrame([audit_oof(part, truth) for _, part in oof.groupby("fold")])
         rows.append({"run": run.name, "auc": pooled["auc"], "corr_image": pooled["corr_image"],
