@@ -26,6 +26,9 @@ from melanet.console import console
 from melanet.io import read_json, write_csv
 
 
+#: The image-only run's overrides of fusion-cpu-small (DemoConfig.image_only_set says why).
+IMAGE_ONLY_CPU_SMALL = ("train.epochs=10", "train.lr=4e-3", "eval.tta=1")
+
 #: The runs the demo blends: every model, so that auto can pick (or pass through) whichever holds up.
 BLEND_INPUTS = ("image_only", "fusion", "gbdt", "gbdt_img")
 
@@ -52,9 +55,9 @@ class DemoConfig(StageConfig):
     # TTA 1 instead of 4 pays for part of the two extra epochs: mean inner-fold AUC of the same weights with
     # 1 / 4 flips 0.671 / 0.671 (demo, 3 seeds), 0.559 / 0.556 (colour), 0.740 / 0.744 (1000 patients). The fusion run
     # with 12 epochs scored 0.699 / 0.654 against 0.705 / 0.712 (demo), so it keeps the config's settings.
-    image_only_set: list[str] = Field(
-        ["train.epochs=10", "train.lr=4e-3", "eval.tta=1"],
-        description="--set overrides for the image-only CNN run only, applied before fusion_set (which wins).")
+    image_only_set: list[str] | None = Field(
+        None, description="--set overrides for the image-only CNN run only, applied before fusion_set (which wins); "
+                          "None = IMAGE_ONLY_CPU_SMALL with fusion_config fusion-cpu-small (tuned for it), else none.")
     workers: int = 0
 
 
@@ -72,7 +75,10 @@ def _done(run_dir: Path) -> bool:
 
 def image_only_and_fusion_sets(cfg: DemoConfig) -> dict[str, list[str]]:
     """The --set overrides of the demo's two CNN runs (scripts/bench_accuracy.py trains the same two)."""
-    return {"image_only": [*cfg.image_only_set, *cfg.fusion_set, "model.use_meta=false"],
+    own = cfg.image_only_set
+    if own is None:
+        own = list(IMAGE_ONLY_CPU_SMALL) if cfg.fusion_config == "fusion-cpu-small" else []
+    return {"image_only": [*own, *cfg.fusion_set, "model.use_meta=false"],
             "fusion": list(cfg.fusion_set)}
 
 

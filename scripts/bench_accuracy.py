@@ -4,7 +4,7 @@ For every cohort (``melanet synth`` settings, COHORTS) the script synthesises,
 ingests, then trains with the DEFAULT recipes, exactly as the CLI does:
 
     image_only  train-fusion --config fusion-cpu-small --set train.epochs=10 ... --set model.use_meta=false
-                (melanet.demo.DemoConfig.image_only_set)
+                (melanet.demo.IMAGE_ONLY_CPU_SMALL; with another --fusion-config only use_meta=false)
     fusion      train-fusion --config fusion-cpu-small
     gbdt        train-gbdt   --config gbdt                       (metadata + patient context)
     gbdt_img    train-gbdt   --config gbdt --with-oof <fusion>   (+ the fusion CNN's OOF scores)
@@ -122,7 +122,8 @@ def train(model: str, data: Path, work: Path, done: dict[str, Path], args: argpa
 
     placeholder = {"data_dir": str(data), "out_dir": "unset"}
     if model in ("image_only", "fusion"):
-        sets = image_only_and_fusion_sets(DemoConfig(fusion_set=args.set_fusion))[model]
+        demo = DemoConfig(fusion_config=args.fusion_config, fusion_set=args.set_fusion)
+        sets = image_only_and_fusion_sets(demo)[model]
         cfg = load_config(fusion.FusionConfig, args.fusion_config, sets, extra=placeholder)
         out = _run_dir(work, data, model, cfg)
         if not _complete(out):

@@ -83,3 +83,7 @@ def test_image_only_run_gets_its_own_overrides_which_fusion_set_overrides():
     sets = demo.image_only_and_fusion_sets(demo.DemoConfig(fusion_set=["train.epochs=1", "model.use_meta=true"]))
     assert sets["image_only"][-2:] == ["model.use_meta=true", "model.use_meta=false"]  # still image-only
     assert load_config(FusionConfig, "fusion-cpu-small", sets["image_only"], extra=paths).train.epochs == 1
+    # Tuned for fusion-cpu-small: another CNN config gets only use_meta=false, unless asked.
+    assert demo.image_only_and_fusion_sets(demo.DemoConfig(fusion_config="fusion"))["image_only"] == \
+        ["model.use_meta=false"]
+    assert demo.image_only_and_fusion_sets(demo.DemoConfig(image_only_set=[]))["image_only"] == ["model.use_meta=false"]
