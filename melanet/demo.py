@@ -55,6 +55,9 @@ class DemoConfig(StageConfig):
     # TTA 1 instead of 4 pays for part of the two extra epochs: mean inner-fold AUC of the same weights with
     # 1 / 4 flips 0.671 / 0.671 (demo, 3 seeds), 0.559 / 0.556 (colour), 0.740 / 0.744 (1000 patients). The fusion run
     # with 12 epochs scored 0.699 / 0.654 against 0.705 / 0.712 (demo), so it keeps the config's settings.
+    # 12 epochs at lr 4e-3 (TTA 1) scored a little higher on every inner split (demo 0.664 / 0.652, colour
+    # 0.629 / 0.423, 1000 patients 0.753 / 0.808) but costs 2 more epochs (image-only run 151 s against 133 s
+    # wall at load 5, +29 s CPU), which the demo's 5 minutes cannot pay; its demo 5-fold OOF was 0.646 (10: 0.649).
     image_only_set: list[str] | None = Field(
         None, description="--set overrides for the image-only CNN run only, applied before fusion_set (which wins); "
                           "None = IMAGE_ONLY_CPU_SMALL with fusion_config fusion-cpu-small (tuned for it), else none.")
