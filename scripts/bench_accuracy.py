@@ -3,7 +3,8 @@
 For every cohort (``melanet synth`` settings, COHORTS) the script synthesises,
 ingests, then trains with the DEFAULT recipes, exactly as the CLI does:
 
-    image_only  train-fusion --config fusion-cpu-small --set model.use_meta=false
+    image_only  train-fusion --config fusion-cpu-small --set train.epochs=10 ... --set model.use_meta=false
+                (melanet.demo.IMAGE_ONLY_CPU_SMALL; with another --fusion-config only use_meta=false)
     fusion      train-fusion --config fusion-cpu-small
     gbdt        train-gbdt   --config gbdt                       (metadata + patient context)
     gbdt_img    train-gbdt   --config gbdt --with-oof <fusion>   (+ the fusion CNN's OOF scores)
@@ -123,11 +124,13 @@ def train(model: str, data: Path, work: Path, done: dict[str, Path], args: argpa
     """Train ``model`` on ``data`` with the default recipe (+ the --set overrides), or reuse a finished run."""
     from melanet import blend
     from melanet.config import load_config
+    from melanet.demo import DemoConfig, image_only_and_fusion_sets
     from melanet.train import fusion, gbdt
 
     placeholder = {"data_dir": str(data), "out_dir": "unset"}
     if model in ("image_only", "fusion"):
-        sets = [*args.set_fusion, *(["model.use_meta=false"] if model == "image_only" else [])]
+        demo = DemoConfig(fusion_config=args.fusion_config, fusion_set=args.set_fusion)
+        sets = image_only_and_fusion_sets(demo)[model]
         cfg = load_config(fusion.FusionConfig, args.fusion_config, sets, extra=placeholder)
         out = _run_dir(work, data, model, cfg)
         if not _complete(out):
