@@ -3,6 +3,10 @@
 Every stage has a config model (a subclass of :class:`StageConfig`). Unknown
 keys are errors with a "did you mean" hint; ``--set a.b=value`` overrides any
 key with a YAML-parsed value; the resolved config is written into the run.
+A config file may start from another with a top-level ``base:`` key (a
+packaged config name, or a path relative to the file): the file's keys are
+merged into its base's, section by section (``image-cpu-small`` is
+``fusion-cpu-small`` with the image-only run's changes).
 """
 
 from __future__ import annotations
@@ -61,6 +65,32 @@ def resolve_config_path(path: str | Path) -> Path:
         f"config file {str(path)!r} not found{did_you_mean(Path(str(path)).stem, available)}; "
         f"give a YAML path or one of the packaged configs: {', '.join(available)}"
     )
+
+
+#: Top-level key of a config file naming the config it starts from (read by :func:`read_config_file`).
+BASE_KEY = "base"
+
+
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, merged into its ``base:`` config's (recursively; a loop is an error)."""
+    data = read_yaml_mapping(path, ConfigError, "fix the file")
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config {str(path)!r}: {BASE_KEY}: must name a config (a packaged name such as "
+                          f"fusion-cpu-small, or a path relative to the file), got {base!r}")
+    chain = (*_chain, path.resolve())
+    beside = path.parent / base
+    try:
+        base_path = beside if beside.is_file() else resolve_config_path(base)
+    except ConfigError as exc:
+        raise ConfigError(f"config {str(path)!r}: {BASE_KEY}: {exc}") from None
+    if base_path.resolve() in chain:
+        loop = " -> ".join(p.name for p in (*chain, base_path))
+        raise ConfigError(f"config {str(path)!r}: {BASE_KEY}: {base!r} leads back to itself ({loop}); "
+                          f"remove one {BASE_KEY}: key")
+    return deep_merge(read_config_file(base_path, chain), data)
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
@@ -178,7 +208,7 @@ def load_config(
     if path is not None:
         resolved = resolve_config_path(path)
         source = str(resolved)
-        data = read_yaml_mapping(resolved, ConfigError, "fix the file")
+        data = read_config_file(resolved)
     if extra:
         flags = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                  for k, v in extra.items() if v is not None]

@@ -26,9 +26,6 @@ from melanet.console import console
 from melanet.io import read_json, write_csv
 
 
-#: The image-only run's overrides of fusion-cpu-small (DemoConfig.image_only_set says why).
-IMAGE_ONLY_CPU_SMALL = ("train.epochs=10", "train.lr=4e-3", "eval.tta=1")
-
 #: The runs the demo blends: every model, so that auto can pick (or pass through) whichever holds up.
 BLEND_INPUTS = ("image_only", "fusion", "gbdt", "gbdt_img")
 
@@ -41,26 +38,12 @@ class DemoConfig(StageConfig):
     seed: int = 0
     image_size: int = Field(96, description="Side of the synthetic DICOM images and of the cache, pixels.")
     fusion_config: str = "fusion-cpu-small"
+    image_config: str = Field("image-cpu-small", description="train-fusion config of the image-only CNN run (always "
+                                                             "trained with model.use_meta=false).")
     gbdt_config: str = "gbdt"
     blend_method: BlendMethod = Field("auto", description="Blend method over every model run (auto: chosen by nested CV, "
                                                   "never below its best input).")
     fusion_set: list[str] = Field(default_factory=list, description="--set overrides for both CNN runs.")
-    # The image-only CNN learns everything from the pixels and keeps learning after the fused model has
-    # converged. fusion-cpu-small, patient-grouped inner splits of outer fold 0's training rows
-    # (scripts/inner_split.py), pooled inner OOF AUC / Pearson r of the logit with truth.csv's image term,
-    # image-only as the config has it (8 epochs, lr 2e-3, TTA 4) -> these overrides:
-    #   demo cohort, 3 training seeds: 0.656 / 0.576 -> 0.660 / 0.639 (12 epochs at lr 2e-3: 0.662 / 0.642)
-    #   300 patients, colour cues only:  0.553 / 0.220 -> 0.618 / 0.422 (12 epochs: 0.591 / 0.381)
-    #   1000 patients (inner folds 0-1): 0.744 / 0.780 -> 0.746 / 0.792 (12 epochs: 0.742 / 0.792)
-    # TTA 1 instead of 4 pays for part of the two extra epochs: mean inner-fold AUC of the same weights with
-    # 1 / 4 flips 0.671 / 0.671 (demo, 3 seeds), 0.559 / 0.556 (colour), 0.740 / 0.744 (1000 patients). The fusion run
-    # with 12 epochs scored 0.699 / 0.654 against 0.705 / 0.712 (demo), so it keeps the config's settings.
-    # 12 epochs at lr 4e-3 (TTA 1) scored a little higher on every inner split (demo 0.664 / 0.652, colour
-    # 0.629 / 0.423, 1000 patients 0.753 / 0.808) but costs 2 more epochs (image-only run 151 s against 133 s
-    # wall at load 5, +29 s CPU), which the demo's 5 minutes cannot pay; its demo 5-fold OOF was 0.646 (10: 0.649).
-    image_only_set: list[str] | None = Field(
-        None, description="--set overrides for the image-only CNN run only, applied before fusion_set (which wins); "
-                          "None = IMAGE_ONLY_CPU_SMALL with fusion_config fusion-cpu-small (tuned for it), else none.")
     workers: int = 0
 
 
@@ -76,13 +59,10 @@ def _done(run_dir: Path) -> bool:
     return True
 
 
-def image_only_and_fusion_sets(cfg: DemoConfig) -> dict[str, list[str]]:
-    """The --set overrides of the demo's two CNN runs (scripts/bench_accuracy.py trains the same two)."""
-    own = cfg.image_only_set
-    if own is None:
-        own = list(IMAGE_ONLY_CPU_SMALL) if cfg.fusion_config == "fusion-cpu-small" else []
-    return {"image_only": [*own, *cfg.fusion_set, "model.use_meta=false"],
-            "fusion": list(cfg.fusion_set)}
+def cnn_runs(cfg: DemoConfig) -> dict[str, tuple[str, list[str]]]:
+    """Run name -> (train-fusion config, --set overrides) of the demo's two CNN runs (bench_accuracy trains the same)."""
+    return {"image_only": (cfg.image_config, [*cfg.fusion_set, "model.use_meta=false"]),
+            "fusion": (cfg.fusion_config, list(cfg.fusion_set))}
 
 
 def _stage(name: str, skip: bool) -> float:
@@ -111,12 +91,11 @@ def run(cfg: DemoConfig) -> pd.DataFrame:
     ingest.run(ingest.IngestConfig(dicom_dir=src / "dicom", out_dir=data, labels=src / "labels.csv",
                                    image_size=cfg.image_size, workers=cfg.workers))
 
-    cnn_runs = image_only_and_fusion_sets(cfg)
-    for i, (name, sets) in enumerate(cnn_runs.items()):
+    for i, (name, (config, sets)) in enumerate(cnn_runs(cfg).items()):
         run_dir = runs / name
-        _stage(f"3/6 train-fusion ({name.replace('_', '-')}, {cfg.fusion_config})", _done(run_dir))
+        _stage(f"3/6 train-fusion ({name.replace('_', '-')}, {config})", _done(run_dir))
         if not _done(run_dir):
-            fcfg = load_config(fusion.FusionConfig, cfg.fusion_config, sets,
+            fcfg = load_config(fusion.FusionConfig, config, sets,
                                extra={"data_dir": str(data), "out_dir": str(run_dir), "overwrite": True})
             fusion.run(fcfg, folds=None, resume=True)
 

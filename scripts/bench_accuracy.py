@@ -3,8 +3,7 @@
 For every cohort (``melanet synth`` settings, COHORTS) the script synthesises,
 ingests, then trains with the DEFAULT recipes, exactly as the CLI does:
 
-    image_only  train-fusion --config fusion-cpu-small --set train.epochs=10 ... --set model.use_meta=false
-                (melanet.demo.IMAGE_ONLY_CPU_SMALL; with another --fusion-config only use_meta=false)
+    image_only  train-fusion --config image-cpu-small          (fusion-cpu-small, image only, 10 epochs)
     fusion      train-fusion --config fusion-cpu-small
     gbdt        train-gbdt   --config gbdt                       (metadata + patient context)
     gbdt_img    train-gbdt   --config gbdt --with-oof <fusion>   (+ the fusion CNN's OOF scores)
@@ -124,14 +123,14 @@ def train(model: str, data: Path, work: Path, done: dict[str, Path], args: argpa
     """Train ``model`` on ``data`` with the default recipe (+ the --set overrides), or reuse a finished run."""
     from melanet import blend
     from melanet.config import load_config
-    from melanet.demo import DemoConfig, image_only_and_fusion_sets
+    from melanet.demo import DemoConfig, cnn_runs
     from melanet.train import fusion, gbdt
 
     placeholder = {"data_dir": str(data), "out_dir": "unset"}
     if model in ("image_only", "fusion"):
-        demo = DemoConfig(fusion_config=args.fusion_config, fusion_set=args.set_fusion)
-        sets = image_only_and_fusion_sets(demo)[model]
-        cfg = load_config(fusion.FusionConfig, args.fusion_config, sets, extra=placeholder)
+        demo = DemoConfig(fusion_config=args.fusion_config, image_config=args.image_config, fusion_set=args.set_fusion)
+        config, sets = cnn_runs(demo)[model]
+        cfg = load_config(fusion.FusionConfig, config, sets, extra=placeholder)
         out = _run_dir(work, data, model, cfg)
         if not _complete(out):
             fusion.run(cfg.model_copy(update={"out_dir": out}), folds=None, resume=True)
@@ -169,6 +168,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-accuracy"), help="Folder for audit.csv, audit.md.")
     parser.add_argument("--work", type=Path, help="Cache of cohorts and runs (default: OUT/work).")
     parser.add_argument("--fusion-config", default="fusion-cpu-small", help="train-fusion config (name or file).")
+    parser.add_argument("--image-config", default="image-cpu-small",
+                        help="train-fusion config of the image-only run (name or file; trained with use_meta=false).")
     parser.add_argument("--gbdt-config", default="gbdt", help="train-gbdt config (name or file).")
     parser.add_argument("--set-fusion", action="append", default=[], help="Override for both CNN runs (repeatable).")
     parser.add_argument("--set-gbdt", action="append", default=[], help="Override for both GBDT runs (repeatable).")

@@ -69,21 +69,17 @@ def test_predict_reports_unusable_files(demo_dir, tmp_path):
     assert errors["path"].tolist() == ["notes.txt"]
 
 
-def test_image_only_run_gets_its_own_overrides_which_fusion_set_overrides():
+def test_the_image_only_run_uses_its_own_config_and_both_take_fusion_set():
     from melanet.config import load_config
     from melanet.train.fusion import FusionConfig
 
-    sets = demo.image_only_and_fusion_sets(demo.DemoConfig())
+    runs = demo.cnn_runs(demo.DemoConfig())
     paths = {"data_dir": ".", "out_dir": "."}
-    image_only, fusion = (load_config(FusionConfig, "fusion-cpu-small", sets[k], extra=paths)
-                          for k in ("image_only", "fusion"))
+    image_only, fusion = (load_config(FusionConfig, *runs[k], extra=paths) for k in ("image_only", "fusion"))
+    assert runs["image_only"][0] == "image-cpu-small" and runs["fusion"][0] == "fusion-cpu-small"
     assert not image_only.model.use_meta and fusion.model.use_meta
-    assert (image_only.train.epochs, fusion.train.epochs) == (10, 8)  # the fusion keeps the config's recipe
-    assert (image_only.train.lr, fusion.train.lr) == (4e-3, 2e-3) and (image_only.eval.tta, fusion.eval.tta) == (1, 4)
-    sets = demo.image_only_and_fusion_sets(demo.DemoConfig(fusion_set=["train.epochs=1", "model.use_meta=true"]))
-    assert sets["image_only"][-2:] == ["model.use_meta=true", "model.use_meta=false"]  # still image-only
-    assert load_config(FusionConfig, "fusion-cpu-small", sets["image_only"], extra=paths).train.epochs == 1
-    # Tuned for fusion-cpu-small: another CNN config gets only use_meta=false, unless asked.
-    assert demo.image_only_and_fusion_sets(demo.DemoConfig(fusion_config="fusion"))["image_only"] == \
-        ["model.use_meta=false"]
-    assert demo.image_only_and_fusion_sets(demo.DemoConfig(image_only_set=[]))["image_only"] == ["model.use_meta=false"]
+    assert (image_only.train.epochs, fusion.train.epochs) == (10, 8)  # the fusion keeps its own recipe
+    runs = demo.cnn_runs(demo.DemoConfig(fusion_set=["train.epochs=1", "model.use_meta=true"], image_config="fusion"))
+    image_only = load_config(FusionConfig, *runs["image_only"], extra=paths)
+    assert image_only.train.epochs == 1 and not image_only.model.use_meta  # image-only whatever the overrides say
+    assert image_only.model.backbone == load_config(FusionConfig, "fusion", extra=paths).model.backbone
