@@ -204,13 +204,18 @@ def test_label_model_components_are_weaker_than_the_truth():
 
 def test_default_cohort_and_pixels_are_those_of_before_image_cues():
     """Golden hashes recorded with the single-module synth.py before image_cues and the package split:
-    the default path must stay the same draw (a changed hash means every earlier benchmark's cohort changed)."""
+    the default path must stay the same draw (a changed hash means every earlier benchmark's cohort changed).
+
+    The table is hashed at 10 decimals: numpy's exp/log differ in the last bits between CPUs (its AVX-512
+    kernels against the AVX2 ones), so a full-precision hash fails on a machine with AVX-512 although the draw
+    is the same. Checked: the full-precision golden fc5e0b2f... holds with NPY_DISABLE_CPU_FEATURES="X86_V4
+    AVX512_ICL" and this 10-decimal hash holds with and without it."""
     cfg = SynthConfig(out_dir="unused", patients=12, seed=3, image_size=32)
     cohort = sample_cohort(cfg)
     cols = ["image_id", "p_true", "target", "diagnosis", "image_term", "meta_term", "duckling_term", "noise_term",
             "irregularity", "variegation", "asymmetry", "radius"]
-    table = hashlib.sha256(cohort[cols].to_csv(index=False).encode()).hexdigest()
-    assert table == "fc5e0b2f6b75bd16954aa501457a39c8b3704776f0729ec327ca8654a28a2331"
+    table = hashlib.sha256(cohort[cols].to_csv(index=False, float_format="%.10f").encode()).hexdigest()
+    assert table == "cef70841ccfa1f9218faf198f981c843ae769be54fe0e59f467a29a8f6813c5c"
     pixels = hashlib.sha256()
     for i, row in enumerate(cohort.head(4).to_dict("records")):
         pixels.update(render_lesion(row, 32, image_rng(3, i)).tobytes())
