@@ -315,7 +315,7 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray | None, dict]:
     clean_planes = [clean_l] + [p.astype(np.float32) - np.float32(128) for p in ab]
     clean = cv2.merge(clean_planes)
     hair = cv2.subtract(closed8, planes8[0]) > 25  # dark thin structures the closing removed (> 10 L*)
-    info = {"lab": lab, "clean": clean, "clean_l": clean_l, "fov": fov, "hair": hair, "rad": rad}
+    info = {"lab": lab, "clean": clean, "clean_l": clean_l, "clean_l8": closed8, "fov": fov, "hair": hair, "rad": rad}
     band = fov & _outer_band(h, w)
     if np.count_nonzero(band) < 20:
         band = fov
@@ -521,8 +521,11 @@ def lesion_descriptors(rgb_uint8: np.ndarray, rule: str = "color") -> dict[str, 
         & ~info["hair"]
     skin = _masked_mean_std(lab, ring)[0] if np.count_nonzero(ring) >= 10 else info["skin"]
     delta_l = float(skin[0] - mean[0])
-    grad = cv2.magnitude(cv2.Sobel(info["clean_l"], cv2.CV_32F, 1, 0, ksize=3) / 8.0,
-                         cv2.Sobel(info["clean_l"], cv2.CV_32F, 0, 1, ksize=3) / 8.0)
+    # |grad L| from the 8-bit plane: integer Sobel sums and squares are exact in float32, so the value is the same
+    # in every process (Sobel on the float plane rounded differently with the buffers' alignment: two ingests of the
+    # same files differed in the last bits), then scaled to L units (100/255 per level, /8 for the kernel).
+    gx, gy = (cv2.Sobel(info["clean_l8"], cv2.CV_32F, dx, dy, ksize=3) for dx, dy in ((1, 0), (0, 1)))
+    grad = np.sqrt(gx * gx + gy * gy) * np.float32(100 / 255 / 8)
     edge_grad = float(grad[contour[:, 0, 1], contour[:, 0, 0]].mean())
     blur = abs(delta_l) / max(edge_grad, 1e-3) / max(diameter / 2.0, 1.0)
 
