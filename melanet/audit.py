@@ -157,22 +157,22 @@ def audit_oof(oof: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def ceiling_oof(truth: pd.DataFrame, image_ids: pd.Series | None = None) -> pd.DataFrame:
-    """The observable logit (image + meta + duckling terms) as an OOF-shaped table: the perfect model's row.
+def ceiling_oof(truth: pd.DataFrame) -> pd.DataFrame:
+    """The observable logit (:func:`melanet.synth.observable_logit`) of the labelled rows (``split == "train"``,
+    the rows a model's OOF table covers) as an OOF-shaped table: the perfect model's row.
 
     Audited like a model (:func:`audit_oof`), it shows what the best score a
     model can reach from the files looks like: e.g. its ``corr_image`` is the
     most a score that uses every observable term can correlate with the image
-    term. ``image_ids``: the rows (default: the ``split == "train"`` rows, the
-    labelled ones a model's OOF table covers).
+    term.
     """
-    if image_ids is not None:
-        rows = truth[truth["image_id"].isin(set(image_ids))]
-    else:
-        rows = truth[truth["split"] == "train"] if "split" in truth.columns else truth
-    logit = sum(rows[f"{t}_term"].to_numpy(float) for t in OBSERVABLE)
+    from scipy.special import expit
+
+    from melanet.synth.sampler import observable_logit
+
+    rows = truth[truth["split"] == "train"] if "split" in truth.columns else truth
     return pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "target": rows["target"].to_numpy(),
-                         "pred": 1.0 / (1.0 + np.exp(-logit))})
+                         "pred": expit(observable_logit(rows))})
 
 
 def audit_runs(oofs: Mapping[str, pd.DataFrame], truth: pd.DataFrame) -> pd.DataFrame:
