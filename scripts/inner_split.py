@@ -8,11 +8,10 @@ folds (melanet.ingest.assign_folds, grouped by patient); the image cache is
 reached through a symlink, so ``melanet train-fusion`` / ``train-gbdt`` run on
 it unchanged. ``audit`` scores finished runs on it against the synthetic
 cohort's ``truth.csv`` (melanet.audit), pooled over the inner folds and as the
-mean over inner folds (the figures quoted in configs/fusion-cpu-small.yaml)::
+mean over inner folds (the figures quoted in configs/fusion-cpu-small.yaml and image-cpu-small.yaml)::
 
     python scripts/inner_split.py split DATA_DIR --fold 0 --out /tmp/inner0        # 4 inner folds
-    python -m melanet train-fusion --data /tmp/inner0 --config fusion-cpu-small \\
-        --set model.use_meta=false --out /tmp/inner0-runs/base
+    python -m melanet train-fusion --data /tmp/inner0 --config image-cpu-small --out /tmp/inner0-runs/base
     python scripts/inner_split.py audit SYNTH_DIR/truth.csv /tmp/inner0-runs/base /tmp/inner0-runs/ema
 """
 
@@ -27,6 +26,7 @@ def split(data_dir: Path, fold: int, out: Path, folds: int = 4, seed: int = 0, t
     """Write ``out``: outer fold ``fold``'s training rows of ``data_dir`` with ``folds`` new patient-grouped folds."""
     from melanet.cohort import COHORT_FILE, labelled_mask, read_cohort
     from melanet.ingest import assign_folds
+    from melanet.io import write_parquet
 
     cohort = read_cohort(data_dir)
     if fold not in set(cohort["fold"]):
@@ -42,7 +42,7 @@ def split(data_dir: Path, fold: int, out: Path, folds: int = 4, seed: int = 0, t
     for name in ("ingest_config.yaml", "ingest_summary.json"):
         if (Path(data_dir) / name).is_file():
             shutil.copy2(Path(data_dir) / name, out / name)
-    inner.to_parquet(out / COHORT_FILE, index=False)
+    write_parquet(out / COHORT_FILE, inner)
     counts = inner.groupby("fold")[target].agg(["size", "sum"])
     print(f"{out}: outer fold {fold}'s {len(inner)} training rows "
           f"({inner['patient_id'].nunique()} patients), inner folds (rows, positives): "
