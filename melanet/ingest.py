@@ -48,7 +48,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from melanet import ingest_write, privacy
 from melanet.cohort import COHORT_FILE, DICOM_COLUMNS, ERRORS_FILE
 from melanet.descriptors import (DESCRIPTOR_VERSION, LESION_COLUMNS, descriptor_rule, empty_descriptors,
-                                 lesion_descriptors, rule_summary)
+                                 lesion_descriptors, rule_summary, warm_up)
 from melanet.config import Choice, StageConfig, config_to_yaml
 from melanet.console import console, progress
 from melanet.dicom.pixels import MULTIFRAME_POLICIES
@@ -321,6 +321,8 @@ def _run_local(chunks: list[list], workers: int, args: tuple) -> Iterator[list[d
             for chunk in chunks:
                 yield _process_chunk(chunk, *args)
             return
+        if args[-1]:  # descriptors: the forked workers inherit OpenCV's CIELAB tables instead of each building them
+            warm_up()
         yield from imap_unordered(_process_chunk, ((chunk, *args) for chunk in chunks), workers)
 
 
