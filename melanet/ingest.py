@@ -191,8 +191,9 @@ def list_files(dicom_dir: Path, exclude: Path | None = None) -> list[Path]:
 
 
 #: Bumped whenever decoding changes cached pixels for the same settings (2: 8-bit JPEG 2000 decoded at a
-#: reduced resolution level), so that a re-run does not mix entries of two decoders in one cache folder.
-PIXELS_VERSION = 2
+#: reduced resolution level; 3: 8-bit baseline JPEG decoded at 1/2, 1/4 or 1/8 scale), so that a re-run does
+#: not mix entries of two decoders in one cache folder.
+PIXELS_VERSION = 3
 
 
 def settings_tag(settings: dict[str, Any]) -> str:

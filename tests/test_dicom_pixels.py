@@ -187,13 +187,13 @@ def _smooth_picture(rows: int, cols: int, grey: bool = False) -> np.ndarray:
     return picture[..., 1].copy() if grey else picture
 
 
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGBaseline8Bit], ids=["jpeg2000", "jpeg"])
 @pytest.mark.parametrize("grey", [False, True], ids=["rgb", "grey"])
-def test_jpeg2000_is_decoded_at_reduced_resolution_when_the_cache_is_smaller(tmp_path, grey):
+def test_jpeg_and_jpeg2000_are_decoded_at_reduced_resolution_when_the_cache_is_smaller(tmp_path, grey, syntax):
     import cv2
 
     picture = _smooth_picture(128, 160, grey)
-    path = write_dicom(tmp_path / "j2k.dcm", encode(make_dataset(picture, "MONOCHROME2" if grey else "RGB"),
-                                                    JPEG2000Lossless))
+    path = write_dicom(tmp_path / "small.dcm", encode(make_dataset(picture, "MONOCHROME2" if grey else "RGB"), syntax))
     full = read_dicom(path).pixels
     assert full.shape[:2] == (128, 160)
     for min_side, expected in ((64, (64, 80)), (40, (64, 80)), (32, (32, 40)), (100, (128, 160))):
@@ -201,15 +201,34 @@ def test_jpeg2000_is_decoded_at_reduced_resolution_when_the_cache_is_smaller(tmp
         assert small.shape == expected + (3,) and small.dtype == np.uint8
     small = read_dicom(path, min_side=32).pixels
     area = cv2.resize(full, (40, 32), interpolation=cv2.INTER_AREA)
-    assert np.abs(small.astype(int) - area).mean() < 3  # the wavelet's low-pass picture, not something else
+    # The wavelet's low-pass picture or the scaled inverse DCT's, in the same colours: not something else.
+    assert np.abs(small.astype(int) - area).mean() < 3
+    np.testing.assert_allclose(small.mean(axis=(0, 1)), area.mean(axis=(0, 1)), atol=1.5)
     assert read_dicom(path, reader="pydicom", min_side=32).meta["rows"] == 128  # the header is untouched
+
+
+def test_reduced_jpeg_keeps_the_colours_of_every_writer_in_pydicoms_test_files():
+    """dcmtk, gdcm, dcmd, Adobe APP14 and no-colour-transform JPEGs (RGB and YCbCr, 4:2:2 and 4:4:4, one and 30
+    frames): the half-scale decode shows the colours of the full decode."""
+    import cv2
+    from pydicom.data import get_testdata_file
+
+    names = ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_jpeg_app14_dcmd.dcm", "SC_jpeg_no_color_transform.dcm",
+             "SC_rgb_dcmtk_+eb+cy+s2.dcm", "SC_rgb_dcmtk_+eb+cr.dcm", "SC_rgb_jpeg_lossy_gdcm.dcm",
+             "examples_ybr_color.dcm"]
+    for name in names:
+        path = get_testdata_file(name)
+        full = read_dicom(path).pixels
+        small = read_dicom(path, min_side=min(full.shape[:2]) // 2).pixels
+        assert min(small.shape[:2]) == min(full.shape[:2]) // 2, name
+        area = cv2.resize(full, small.shape[1::-1], interpolation=cv2.INTER_AREA)
+        np.testing.assert_allclose(small.mean(axis=(0, 1)), area.mean(axis=(0, 1)), atol=1.0, err_msg=name)
 
 
 def test_reduced_decoding_leaves_other_encodings_at_full_resolution(tmp_path):
     picture = _smooth_picture(64, 64)
-    for syntax in (RLELossless, JPEGBaseline8Bit):
-        path = write_dicom(tmp_path / f"{syntax.name[:4]}.dcm", encode(make_dataset(picture.copy(), "RGB"), syntax))
-        assert read_dicom(path, min_side=16).pixels.shape == (64, 64, 3)
+    path = write_dicom(tmp_path / "rle.dcm", encode(make_dataset(picture.copy(), "RGB"), RLELossless))
+    assert read_dicom(path, min_side=16).pixels.shape == (64, 64, 3)
 
 
 def test_planar_configuration_1_is_read():

@@ -7,8 +7,8 @@ colour LUT and YCbCr -> RGB conversion. Two exceptions, for speed: the common
 rescale + LINEAR window is done in one float32 pass (tested equal to
 pydicom's ``apply_modality_lut`` + ``apply_voi_lut``), and 8-bit YCbCr -> RGB
 is pydicom's matrix in one ``cv2.transform`` (tested equal to
-``convert_color_space`` up to 1 level at exact halves). 8-bit JPEG 2000 may be decoded at a reduced
-resolution level when the caller needs a smaller picture (``min_side``).
+``convert_color_space`` up to 1 level at exact halves). 8-bit JPEG 2000 and baseline JPEG may be decoded at
+a reduced resolution when the caller needs a smaller picture (``min_side``).
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def decode(ds: Dataset, multiframe: str = "middle", min_side: int | None = None)
     ``min_side`` (pixels): the smallest side the caller needs (the cache size).
     8-bit JPEG 2000 is then decoded at a reduced resolution level, halving both
     sides as often as both stay at least ``min_side`` (:func:`jpeg2000_reduced`):
-    the wavelet's own low-pass picture, 4x less decoding work per level; the
-    picture is then smaller than Rows x Columns. Other data ignore it.
+    the wavelet's own low-pass picture, 4x less decoding work per level; 8-bit
+    baseline JPEG at 1/2, 1/4 or 1/8 scale by the same rule (:func:`jpeg_reduced`,
+    libjpeg's scaled inverse DCT); the picture is then smaller than Rows x
+    Columns. Other data ignore it.
 
     Returns the array as the decoder gives it, colour left in its stored space
     (YCbCr is not converted here), and the photometric interpretation of that
@@ -102,6 +104,10 @@ def decode(ds: Dataset, multiframe: str = "middle", min_side: int | None = None)
         reduced = jpeg2000_reduced(ds, index, min_side)
         if reduced is not None:
             return reduced
+    if min_side and tsyntax == JPEGBaseline8Bit and "pillow" in decoder.available_plugins:
+        reduced = jpeg_reduced(ds, index, min_side)
+        if reduced is not None:
+            return reduced
     fast = _FAST_PLUGINS.get(tsyntax)
     if fast is None and int(ds.get("BitsAllocated", 16) or 16) == 8:
         fast = _FAST_PLUGINS_8BIT.get(tsyntax)
@@ -113,6 +119,41 @@ def decode(ds: Dataset, multiframe: str = "middle", min_side: int | None = None)
             pass
     arr, properties = decoder.as_array(ds, index=index, as_rgb=False)
     return arr, str(properties["photometric_interpretation"])
+
+
+def jpeg_reduced(ds: Dataset, index: int | None, min_side: int) -> tuple[np.ndarray, str] | None:
+    """One 8-bit baseline JPEG frame decoded at 1/2, 1/4 or 1/8 scale, the smallest whose sides stay at least
+    ``min_side`` pixels (libjpeg's scaled inverse DCT, through Pillow's ``draft``), as ``decode`` returns it; None
+    when that is full scale, the frame is not the 8-bit picture the header describes, every frame is needed
+    (``index`` None with several frames), or anything fails (the caller then decodes in full as usual).
+
+    Colour is left as pydicom's Pillow plugin leaves it: YCbCr untouched unless an Adobe APP14 marker says how the
+    samples were stored (the picture's photometric interpretation is then the header's, as from pydicom).
+    """
+    rows, cols = header_int(ds, "Rows", 0), header_int(ds, "Columns", 0)
+    frames = number_of_frames(ds)
+    if (min(rows, cols) < 2 * min_side or header_int(ds, "BitsAllocated", 16) != 8
+            or (index is None and frames > 1)):
+        return None
+    samples = header_int(ds, "SamplesPerPixel", 1)
+    try:
+        from io import BytesIO
+
+        from PIL import Image
+        from pydicom.encaps import get_frame
+
+        image = Image.open(BytesIO(get_frame(ds.PixelData, index or 0, number_of_frames=frames)), formats=("JPEG",))
+        if image.size != (cols, rows):
+            return None
+        mode = "YCbCr" if samples != 1 and "adobe_transform" not in image.info else image.mode
+        image.draft(mode, (min_side, min_side))  # the largest 1/2^k scale keeping both sides >= min_side
+        arr = np.asarray(image)
+    except Exception:  # noqa: BLE001 - an odd stream (progressive, 12-bit...): decode in full
+        return None
+    if arr.dtype != np.uint8 or (arr.shape[2] if arr.ndim == 3 else 1) != samples or min(arr.shape[:2]) < min_side \
+            or arr.shape[0] >= rows:
+        return None
+    return arr, str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
 
 
 def jpeg2000_reduced(ds: Dataset, index: int | None, min_side: int) -> tuple[np.ndarray, str] | None:

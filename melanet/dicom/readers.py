@@ -70,7 +70,7 @@ def read_dicom(path: str | Path, reader: str = "pydicom", multiframe: str = "mid
     """Read ``path`` with the reader named ``reader``; ``multiframe`` as in
     :func:`melanet.dicom.pixels.to_uint8_rgb` (``first``, ``middle``, ``mip``, ``mean``).
     ``min_side``: the smallest picture side the caller needs (pixels); the ``pydicom`` reader then
-    decodes 8-bit JPEG 2000 at a reduced resolution (:func:`melanet.dicom.pixels.decode`), so
+    decodes 8-bit JPEG 2000 and baseline JPEG at a reduced resolution (:func:`melanet.dicom.pixels.decode`), so
     ``pixels`` can be smaller than Rows x Columns (never below ``min_side``).
     ``data``: the file's bytes when the caller has already read them (ingest hashes them): the header is
     then parsed from memory (same dataset, one read of the file fewer); ``path`` still names the file in
@@ -170,7 +170,7 @@ def _pixels(path: Path, convert: Callable[[], np.ndarray]) -> np.ndarray:
 def read_pydicom(path: Path, multiframe: str = "middle", min_side: int | None = None,
                  data: bytes | None = None) -> DicomRecord:
     """The ``pydicom`` reader: one read, one decode of only the frames needed (at reduced resolution
-    for 8-bit JPEG 2000 when ``min_side`` allows, see :func:`read_dicom`)."""
+    for 8-bit JPEG 2000 and baseline JPEG when ``min_side`` allows, see :func:`read_dicom`)."""
     ds = read_header(path, data=data)
     meta = _header_meta(path, ds)
     return DicomRecord(path, meta, _pixels(path, lambda: to_uint8_rgb(ds, multiframe=multiframe,
