@@ -150,11 +150,28 @@ def read_table(path: str | Path, required: Sequence[str] = (), what: str = "tabl
     return df
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a mapping that repeats a key (PyYAML keeps the last one silently, so a
+    repeated ``lr:`` or a pasted block would change a setting without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is written twice, lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}: keep one", None)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path, error: type[Exception], fix: str, where: str | None = None) -> dict:
-    """The top-level mapping of a YAML file; ``error(...)`` naming the file and ``fix`` when it is not one."""
+    """The top-level mapping of a YAML file (a key repeated in any mapping is an error); ``error(...)`` naming the
+    file and ``fix`` when it is not one."""
     where = where or str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise error(f"{where}: not valid YAML ({exc}); {fix}") from None
     if not isinstance(data, dict):

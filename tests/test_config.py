@@ -44,3 +44,21 @@ def test_a_bad_base_is_one_error_naming_the_file_and_the_fix(tmp_path):
     (tmp_path / "list.yaml").write_text("base: [fusion]\n")
     with pytest.raises(ConfigError, match="must name a config"):
         load_config(FusionConfig, tmp_path / "list.yaml", extra=PATHS)
+
+
+def test_a_key_written_twice_is_an_error_naming_the_file_key_and_lines(tmp_path):
+    # YAML parsers keep the last of two equal keys without a word: a pasted block would change a setting silently.
+    (tmp_path / "twice.yaml").write_text("train:\n  lr: 1.0e-3\n  epochs: 4\n  lr: 3.0e-3\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: .*the key 'lr' is written twice, lines 2 and 4: keep one"):
+        load_config(FusionConfig, tmp_path / "twice.yaml", extra=PATHS)
+    # The same key in two sections is fine.
+    (tmp_path / "ok.yaml").write_text("train:\n  epochs: 4\neval:\n  tta: 1\nmodel:\n  use_meta: false\n")
+    assert load_config(FusionConfig, tmp_path / "ok.yaml", extra=PATHS).train.epochs == 4
+
+
+@pytest.mark.parametrize("name", ["fusion", "fusion-cpu-small", "image-cpu-small", "gbdt"])
+def test_every_packaged_config_reads_without_repeated_keys(name):
+    from melanet.config import PACKAGED_CONFIGS
+    from melanet.io import read_yaml_mapping
+
+    assert read_yaml_mapping(PACKAGED_CONFIGS / f"{name}.yaml", ConfigError, "fix it")
