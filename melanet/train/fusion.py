@@ -450,7 +450,8 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
             write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
     oof_prob = trainer.predict(val_rows, tta=cfg.eval.tta)
     test_prob = trainer.predict(test_rows, tta=cfg.eval.tta)
-    info = {"fold": k, "epoch_used": used, "epochs": epochs, "swa_epochs": cfg.train.swa_epochs, "seconds": round(time.perf_counter() - started, 2),
+    info = {"fold": k, "epoch_used": used, "epochs": epochs, "swa_epochs": cfg.train.swa_epochs,
+            "seconds": round(time.perf_counter() - started, 2),
             "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_test": int(len(test_rows)),
             "folds": data.folds, "target": data.spec.column, "classes": data.spec.classes,
             "positive_class": data.spec.positive_class}
