@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -186,6 +187,7 @@ def test_resume_skips_finished_folds_and_merge_refuses_missing(cohort_dir, tmp_p
     ["train.imbalance=focal", "train.scheduler=plateau", "train.accumulate=2", "eval.oof_epoch=best",
      "train.workers=1", "train.epochs=2"],
     ["train.ema_decay=0.9", "model.image_aux_weight=0.5", "train.epochs=2"],
+    ["train.swa_epochs=2", "train.epochs=2", "train.meta_epochs=2"],  # the metadata stage on the averaged backbone
 ])
 def test_variants_run_one_fold(cohort_dir, tmp_path, overrides):
     from melanet.train import fusion
@@ -331,3 +333,101 @@ def test_staged_head_starts_equal_to_the_image_head():
     init_fused_head(net)
     net.image_stage = False
     torch.testing.assert_close(net(images, torch.randn(4, 3)), image_only)  # stage 2 starts from the image model
+
+
+# --------------------------------------------------------------------------- stochastic weight averaging
+
+
+def test_swa_saves_the_averaged_weights_with_batchnorm_measured_on_the_training_rows(cohort_dir, tmp_path):
+    import torch
+
+    from melanet.train import fusion
+    from melanet.train.data import ImageStore
+    from melanet.train.model import load_weights
+    from melanet.train.swa import recompute_batchnorm
+
+    runs = {}
+    for name, extra in (("off", []), ("swa", ["train.swa_epochs=2", "train.swa_lr=1e-3"])):
+        runs[name] = tmp_path / name
+        fusion.run(tiny_config(cohort_dir, runs[name], ["train.epochs=3", "model.use_meta=false"] + extra),
+                   folds=[1])
+    cfg = read_config(runs["swa"], fusion.FusionConfig)
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+
+    def saved(run):
+        model = fusion.build_model(cfg, 0, 1)
+        return load_weights(model, run / "fold_1" / "model.safetensors").eval()
+
+    off, averaged = saved(runs["off"]), saved(runs["swa"])
+    assert any(not torch.equal(dict(off.named_parameters())[n], p) for n, p in averaged.named_parameters())
+    # Its BatchNorm statistics are those of the averaged weights over the fold's unaugmented training rows
+    # (not the training's running estimates), so measuring them again gives the same numbers.
+    meta = np.zeros((len(cohort), 0), np.float32)
+    train_rows = np.flatnonzero(cohort["target"].notna().to_numpy() & (cohort["fold"] != 1).to_numpy())
+    store = ImageStore(cohort_dir, cohort["image_path"].tolist(), SIZE, 100)
+    again = saved(runs["swa"])
+    recompute_batchnorm(again, store, train_rows, meta, batch_size=2 * cfg.train.batch_size,
+                        device=torch.device("cpu"), channels_last=cfg.train.channels_last)
+    for (name, a), b in zip(averaged.named_buffers(), again.buffers()):
+        if "running" in name:
+            torch.testing.assert_close(a, b, msg=name)
+    assert json.loads((runs["swa"] / "fold_1" / "DONE").read_text())["swa_epochs"] == 2
+    # The saved weights are those that predicted the OOF.
+    oof = pd.read_parquet(runs["swa"] / "fold_1" / "oof.parquet")
+    _rewrite_done_folds(runs["swa"], [1])
+    _mark_complete(runs["swa"], [1])
+    pred = pd.Series(fusion.predict(runs["swa"], cohort, cohort_dir), index=cohort["image_id"])
+    np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)
+
+
+def test_recompute_batchnorm_measures_the_mean_of_the_given_rows(cohort_dir):
+    import torch
+
+    from melanet.train.data import ImageStore
+    from melanet.train.model import FusionNet
+    from melanet.train.swa import recompute_batchnorm
+
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+    store = ImageStore(cohort_dir, cohort["image_path"].tolist(), SIZE, 100)
+    rows = np.arange(0, len(cohort), 3)
+    torch.manual_seed(0)
+    net = FusionNet("test_resnet", n_meta=0, n_outputs=1, use_meta=False).eval()
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    handle = first.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    recompute_batchnorm(net, store, rows, np.zeros((len(cohort), 0), np.float32), batch_size=len(rows),
+                        device=torch.device("cpu"))
+    handle.remove()
+    assert not net.training and first.momentum == 0.1  # left in eval mode, momentum restored
+    (inputs,) = seen  # one pass, one batch of every row
+    assert len(inputs) == len(rows)
+    torch.testing.assert_close(first.running_mean, inputs.mean(dim=(0, 2, 3)))
+
+
+def test_swa_lr_holds_the_rate_over_the_averaged_epochs():
+    import torch
+
+    from melanet.train.fusion import TrainConfig
+    from melanet.train.optim import LRSchedule
+
+    train = TrainConfig(epochs=6, lr=4e-3, min_lr=1e-6, warmup_epochs=1, swa_epochs=2, swa_lr=1e-3)
+    schedule = LRSchedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=train.lr), train, 5)
+    lrs = []
+    for _ in range(6 * 5):
+        lrs.append(schedule.lr)
+        schedule.step()
+    assert max(lrs) == pytest.approx(4e-3)
+    assert lrs[4 * 5:] == pytest.approx([1e-3] * 10)  # epochs 5-6: held at swa_lr
+    assert all(a >= b for a, b in zip(lrs[5:20], lrs[6:21]))  # the cosine decays to it, never below
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["train.swa_epochs=1", "eval.oof_epoch=best"], "eval.oof_epoch=last"),
+    (["train.epochs=3", "train.swa_epochs=4"], "at most 3"),
+    (["train.swa_lr=1e-3"], "swa_epochs > 0"),
+    (["train.swa_epochs=1", "train.swa_lr=1e-3", "train.scheduler=plateau"], "scheduler=cosine"),
+    (["train.swa_epochs=1", "train.ema_decay=0.9"], "one of them"),
+])
+def test_swa_config_errors_name_the_keys(cohort_dir, tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(cohort_dir, tmp_path, overrides)

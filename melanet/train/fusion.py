@@ -18,7 +18,10 @@ Writes (docs/architecture.md "Runs")::
 Which weights predict the OOF (``eval.oof_epoch``): ``last`` (default) uses
 the final epoch, chosen without looking at the validation fold. ``best`` keeps
 the epoch with the best validation metric; the OOF is then optimistic,
-because the same rows chose the epoch and are scored with it.
+because the same rows chose the epoch and are scored with it. With
+``train.swa_epochs`` (only with ``last``) the average of the last epochs'
+weights predicts (melanet/train/swa.py); the history's per-epoch validation
+figures are those of the trained weights, not of the average.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from melanet.report import after_stage
 from melanet.runs import (CONFIG_FILE, RunDir, TargetSpec, check_out_dir, check_run, comparable_config, fingerprint,
                           merge_folds, predictions_frame, read_config, read_exclude, resolve_target, run_identity)
 from melanet.train import aux as aux_targets
-from melanet.train import staged
+from melanet.train import staged, swa
 from melanet.train.data import (AugmentConfig, FusionDataset, ImageStore, build_train_transform, dihedral,
                                 drop_meta, make_loader, mix_batch, to_device, to_nchw)
 from melanet.train.device import (autocast, default_workers, gpu_memory_gib, loader_settings, make_fabric,
@@ -177,6 +180,8 @@ class FoldTrainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.raw, decay=cfg.train.ema_decay, use_warmup=True)
+        self.swa = None        # the running average of the last epochs' weights (train.swa_epochs)
+        self.averaged = None   # its network once its BatchNorm statistics are measured: then it predicts
 
         t = cfg.train
         y = data.labels[train_rows]
@@ -210,8 +215,26 @@ class FoldTrainer:
 
     @property
     def predictor(self) -> FusionNet:
-        """The weights that predict: the moving average when ``train.ema_decay`` is set, else the trained ones."""
+        """The weights that predict: the SWA average once finished, the moving average when ``train.ema_decay``
+        is set, else the trained ones."""
+        if self.averaged is not None:
+            return self.averaged
         return self.ema.module if self.ema is not None else self.raw
+
+    def average_weights(self) -> None:
+        """Add the current weights to the SWA average (after each of the last ``train.swa_epochs`` epochs)."""
+        if self.swa is None:
+            self.swa = swa.averaged_copy(self.raw)
+        self.swa.update_parameters(self.raw)
+
+    def finish_averaging(self) -> None:
+        """Measure the averaged network's BatchNorm statistics on the training rows; it predicts from now on."""
+        model = self.swa.module
+        swa.recompute_batchnorm(model, self.data.store, self.train_rows, self.meta,
+                                batch_size=self.cfg.eval.batch_size or 2 * self.cfg.train.batch_size,
+                                device=self.fabric.device, channels_last=self.cfg.train.channels_last,
+                                autocast=autocast(self.fabric.device, self.precision))
+        self.averaged = model
 
     def train_epoch(self, on_step=None, batches=None) -> float:
         """One pass over the training rows; returns the mean training loss.
@@ -409,10 +432,14 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
         score = value if math.isfinite(value) else -val_loss
         if cfg.eval.oof_epoch == "best" and (best is None or score > best[0]):
             best = (score, epoch, copy.deepcopy(trainer.predictor.state_dict()))
+        if epoch > epochs - cfg.train.swa_epochs:
+            trainer.average_weights()
     used = epochs
     if best is not None:
         used = best[1]
         trainer.predictor.load_state_dict(best[2])
+    if trainer.swa is not None:  # before the metadata stage, which then starts from the averaged backbone
+        trainer.finish_averaging()
     if staged_fit:
         rows = staged.run_meta_stage(trainer, val_rows, lambda p: _val_metric(data.spec, y_val, p), epochs + 1)
         history += rows
@@ -423,7 +450,8 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
             write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
     oof_prob = trainer.predict(val_rows, tta=cfg.eval.tta)
     test_prob = trainer.predict(test_rows, tta=cfg.eval.tta)
-    info = {"fold": k, "epoch_used": used, "epochs": epochs, "seconds": round(time.perf_counter() - started, 2),
+    info = {"fold": k, "epoch_used": used, "epochs": epochs, "swa_epochs": cfg.train.swa_epochs,
+            "seconds": round(time.perf_counter() - started, 2),
             "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_test": int(len(test_rows)),
             "folds": data.folds, "target": data.spec.column, "classes": data.spec.classes,
             "positive_class": data.spec.positive_class}

@@ -100,6 +100,13 @@ class TrainConfig(StageConfig):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights (timm ModelEmaV3, with "
                                       "warm-up) and predict with it; e.g. 0.99 for a few hundred steps. null = off.")
+    swa_epochs: int = Field(
+        0, ge=0, description="> 0: stochastic weight averaging (melanet/train/swa.py): predict with the mean of the "
+                             "weights at the end of each of the last this many epochs, BatchNorm statistics "
+                             "recomputed on the fold's training rows; 0 = off.")
+    swa_lr: float | None = Field(
+        None, gt=0, description="With swa_epochs: the cosine decays to this rate by the first averaged epoch and "
+                                "holds it through the averaged epochs; null = the cosine runs to min_lr as usual.")
     meta_drop_p: float = Field(0.0, ge=0, le=1, description="Per-sample probability of blanking all metadata.")
     aux_descriptors: float = Field(
         0.0, ge=0, description="> 0: the backbone also regresses the cohort's standardised lesion_* descriptors "
@@ -116,6 +123,20 @@ class TrainConfig(StageConfig):
                             "itself, at most 16.")
     preload_max_mb: float = Field(2048, ge=0, description="Hold resized images in RAM when they fit in this many MB.")
     channels_last: bool = Field(True, description="NHWC memory layout (faster convolutions on CPU and tensor cores).")
+
+    @model_validator(mode="after")
+    def _swa_settings(self):
+        if self.swa_epochs > self.epochs:
+            raise ValueError(f"train.swa_epochs ({self.swa_epochs}) averages more epochs than train.epochs "
+                             f"({self.epochs}) trains; set it to at most {self.epochs}")
+        if self.swa_lr is not None and self.swa_epochs == 0:
+            raise ValueError("train.swa_lr only acts with train.swa_epochs > 0; set both or leave swa_lr null")
+        if self.swa_lr is not None and self.scheduler != "cosine":
+            raise ValueError("train.swa_lr needs train.scheduler=cosine (the plateau schedule sets its own rate); "
+                             "leave swa_lr null to average under the plateau schedule")
+        if self.swa_epochs and self.ema_decay is not None:
+            raise ValueError("train.swa_epochs and train.ema_decay both average weights; use one of them")
+        return self
 
     @field_validator("workers")
     @classmethod
@@ -184,6 +205,14 @@ class FusionConfig(StageConfig):
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
     overwrite: bool = Field(False, description="Replace another run found in out_dir (otherwise refused).")
+
+    @model_validator(mode="after")
+    def _swa_predicts_last(self):
+        if self.train.swa_epochs and self.eval.oof_epoch == "best":
+            raise ValueError("train.swa_epochs > 0 predicts with the average of the last epochs' weights, "
+                             "eval.oof_epoch=best with one chosen epoch's; set eval.oof_epoch=last or "
+                             "train.swa_epochs=0")
+        return self
 
     @model_validator(mode="after")
     def _aux_without_mixing(self):

@@ -2,7 +2,8 @@
 
 Schedule (per optimiser step): linear warm-up from ``lr / (warmup + 1)`` to
 ``lr``, then either cosine decay to ``min_lr`` by the last step
-(``timm.scheduler.CosineLRScheduler`` stepped per update), or a constant ``lr``
+(``timm.scheduler.CosineLRScheduler`` stepped per update; with ``train.swa_lr``,
+to ``swa_lr`` by the first of the last ``swa_epochs`` epochs, then held), or a constant ``lr``
 that torch's ``ReduceLROnPlateau`` lowers on val_loss at the end of each epoch.
 timm's ``PlateauLRScheduler`` is not used: it warms up per epoch only and is
 deprecated in timm 1.0.
@@ -48,8 +49,11 @@ class LRSchedule:
         else:
             from timm.scheduler import CosineLRScheduler
 
-            self.cosine = CosineLRScheduler(optimizer, t_initial=max(1, self.total - self.warmup),
-                                            lr_min=train.min_lr, warmup_t=self.warmup, warmup_lr_init=warmup_init,
+            end, floor = self.total, train.min_lr
+            if train.swa_lr is not None:  # past one cycle timm's cosine stays at lr_min: the held SWA rate
+                end, floor = (train.epochs - train.swa_epochs) * steps_per_epoch, train.swa_lr
+            self.cosine = CosineLRScheduler(optimizer, t_initial=max(1, end - self.warmup),
+                                            lr_min=floor, warmup_t=self.warmup, warmup_lr_init=warmup_init,
                                             warmup_prefix=True, t_in_epochs=False)
 
     def _warmup_lr(self, step: int) -> float:
