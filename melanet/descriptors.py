@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 #: Bumped whenever a change alters any value, so cached descriptors are recomputed.
-DESCRIPTOR_VERSION = 5
+DESCRIPTOR_VERSION = 6
 #: Side (pixels) the mask is computed at; descriptors are reported in pixels of the input image.
 WORK_SIDE = 96
 #: Side (pixels) of the copy the field of view and the vignetting are found on.
@@ -143,6 +143,14 @@ def _to_work(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     size = (max(1, round(w / scale)), max(1, round(h / scale)))
     if h % size[1] == 0 and w % size[0] == 0:
         return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+    # A picture at least twice the work side (a 256 px cache) is first box-averaged by 2 (OpenCV's exact 2:1 area
+    # path, ~20x cheaper than its general filter on this picture) while it stays that large and its sides even;
+    # the general area filter takes the last step, of less than 2x.
+    while max(h, w) >= 2 * WORK_SIDE and h % 2 == 0 and w % 2 == 0:
+        h, w = h // 2, w // 2
+        rgb = cv2.resize(np.ascontiguousarray(rgb), (w, h), interpolation=cv2.INTER_AREA)
+    if (h, w) == size[::-1]:
+        return rgb, scale
     # A fractional ratio (128 -> 96) takes OpenCV's general area filter, ~2x slower on uint8 than on float32;
     # float32 then rounded gives the same bytes (rounding half to even, as OpenCV's uint8 cast).
     small = cv2.resize(np.ascontiguousarray(rgb, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
