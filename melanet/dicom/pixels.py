@@ -121,6 +121,17 @@ def decode(ds: Dataset, multiframe: str = "middle", min_side: int | None = None)
     return arr, str(properties["photometric_interpretation"])
 
 
+def _pillow_frame(ds: Dataset, index: int | None, frames: int, image_format: str):
+    """Frame ``index`` (0 when None) of the encapsulated pixel data, opened lazily by Pillow as ``image_format``:
+    nothing is decoded until the caller has set the reduced size (``draft``, ``reduce``)."""
+    from io import BytesIO
+
+    from PIL import Image
+    from pydicom.encaps import get_frame
+
+    return Image.open(BytesIO(get_frame(ds.PixelData, index or 0, number_of_frames=frames)), formats=(image_format,))
+
+
 def jpeg_reduced(ds: Dataset, index: int | None, min_side: int) -> tuple[np.ndarray, str] | None:
     """One 8-bit baseline JPEG frame decoded at 1/2, 1/4 or 1/8 scale, the smallest whose sides stay at least
     ``min_side`` pixels (libjpeg's scaled inverse DCT, through Pillow's ``draft``), as ``decode`` returns it; None
@@ -137,12 +148,7 @@ def jpeg_reduced(ds: Dataset, index: int | None, min_side: int) -> tuple[np.ndar
         return None
     samples = header_int(ds, "SamplesPerPixel", 1)
     try:
-        from io import BytesIO
-
-        from PIL import Image
-        from pydicom.encaps import get_frame
-
-        image = Image.open(BytesIO(get_frame(ds.PixelData, index or 0, number_of_frames=frames)), formats=("JPEG",))
+        image = _pillow_frame(ds, index, frames, "JPEG")
         if image.size != (cols, rows):
             return None
         mode = "YCbCr" if samples != 1 and "adobe_transform" not in image.info else image.mode
@@ -173,13 +179,7 @@ def jpeg2000_reduced(ds: Dataset, index: int | None, min_side: int) -> tuple[np.
             or (index is None and frames > 1)):
         return None
     try:
-        from io import BytesIO
-
-        from PIL import Image
-        from pydicom.encaps import get_frame
-
-        image = Image.open(BytesIO(get_frame(ds.PixelData, index or 0, number_of_frames=frames)),
-                           formats=("JPEG2000",))
+        image = _pillow_frame(ds, index, frames, "JPEG2000")
         image.reduce = levels
         arr = np.asarray(image)
     except Exception:  # noqa: BLE001 - fewer resolution levels than asked, odd codestream: decode in full
