@@ -177,9 +177,13 @@ def training_panels(histories: dict[str, pd.DataFrame]) -> dict[str, dict]:
 
     Panels: loss (``train_loss`` / ``val_loss``), validation metric (every other ``val_*`` column a
     trainer logged: ``val_auc``, ``val_macro_auc``..., so multiclass runs keep it), learning rate
-    (``lr``); empty panels are left out. ``epoch`` is the epoch or boosting round.
+    (``lr``); empty panels are left out. ``epoch`` is the epoch or boosting round. A ``seed`` column
+    (train-fusion's seed ensemble) splits a fold's table into one line per network.
     """
     panels: dict[str, dict] = {"loss": {}, "validation metric": {}, "learning rate": {}}
+    if any("seed" in h.columns for h in histories.values()):  # a seed ensemble (train.seeds): a line per network
+        histories = {f"{fold} seed {int(j)}": part.drop(columns="seed")
+                     for fold, h in histories.items() for j, part in h.groupby("seed", sort=True)}
     for fold, h in histories.items():
         x = h["epoch"].to_numpy()
         metrics = [c for c in h.columns if c.startswith("val_") and c != "val_loss"]

@@ -380,6 +380,45 @@ def test_swa_saves_the_averaged_weights_with_batchnorm_measured_on_the_training_
     np.testing.assert_allclose(pred.loc[oof["image_id"]].to_numpy(), oof["pred"].to_numpy(), atol=1e-5)
 
 
+def test_seed_ensemble_averages_its_networks_and_predict_reproduces_it(cohort_dir, tmp_path):
+    from melanet.report import training_panels
+    from melanet.train import fusion
+    from melanet.train.data import ImageStore
+    from melanet.train.model import load_weights
+
+    runs = {}
+    for seeds in (1, 2):
+        runs[seeds] = tmp_path / f"seeds{seeds}"
+        fusion.run(tiny_config(cohort_dir, runs[seeds], ["model.use_meta=false", f"train.seeds={seeds}"]), folds=[1])
+    fold = runs[2] / "fold_1"
+    assert (fold / "model.safetensors").is_file() and (fold / "model_seed1.safetensors").is_file()
+    assert not (runs[1] / "fold_1" / "model_seed1.safetensors").exists()
+    done = json.loads((fold / "DONE").read_text())
+    assert done["seeds"] == 2 and len(done["epoch_used"]) == 2
+    history = pd.read_csv(fold / "history.csv")
+    assert history["seed"].tolist() == [0, 1]
+    assert set(training_panels({"fold 1": history})["loss"]) == {"fold 1 seed 0 train", "fold 1 seed 0 val",
+                                                                 "fold 1 seed 1 train", "fold 1 seed 1 val"}
+    # Network 0 is the single-seed run's network; the fold's OOF is the mean of both networks' probabilities.
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+    single = pd.read_parquet(runs[1] / "fold_1" / "oof.parquet").set_index("image_id")["pred"]
+    pair = pd.read_parquet(fold / "oof.parquet").set_index("image_id")["pred"]
+    cfg = read_config(runs[2], fusion.FusionConfig)
+    store = ImageStore(cohort_dir, cohort["image_path"].tolist(), SIZE, 100)
+    rows = np.flatnonzero(cohort["image_id"].isin(pair.index).to_numpy())
+    second = load_weights(fusion.build_model(cfg, 0, 1), fold / "model_seed1.safetensors")
+    prob = fusion.predict_rows(second, store, rows, np.zeros((len(cohort), 0), np.float32), tta=cfg.eval.tta,
+                               channels_last=cfg.train.channels_last)
+    ids = cohort["image_id"].to_numpy()[rows]
+    np.testing.assert_allclose(pair.loc[ids].to_numpy(), (single.loc[ids].to_numpy() + prob) / 2, atol=1e-5)
+    assert np.abs(prob - single.loc[ids].to_numpy()).max() > 1e-4  # two different networks
+    # predict() loads every network of the fold and reproduces the OOF.
+    _rewrite_done_folds(runs[2], [1])
+    _mark_complete(runs[2], [1])
+    pred = pd.Series(fusion.predict(runs[2], cohort, cohort_dir), index=cohort["image_id"])
+    np.testing.assert_allclose(pred.loc[ids].to_numpy(), pair.loc[ids].to_numpy(), atol=1e-5)
+
+
 def test_recompute_batchnorm_measures_the_mean_of_the_given_rows(cohort_dir):
     import torch
 

@@ -10,8 +10,9 @@ Writes (docs/architecture.md "Runs")::
 
     RUN_DIR/config.yaml                     resolved config
     RUN_DIR/fold_<k>/model.safetensors      weights of the epoch that predicted the OOF
+    RUN_DIR/fold_<k>/model_seed<j>.safetensors   with train.seeds > 1: network j of the fold's seed ensemble
     RUN_DIR/fold_<k>/meta_encoder.json      metadata encoder fitted on the fold's training rows
-    RUN_DIR/fold_<k>/history.csv            epoch, lr, train_loss, val_loss, val_<metric>, seconds
+    RUN_DIR/fold_<k>/history.csv            epoch, lr, train_loss, val_loss, val_<metric>, seconds (+ seed)
     RUN_DIR/fold_<k>/{oof,test}.parquet     then DONE
     RUN_DIR/{oof,test}.parquet, metrics.json   once every fold is done (then the report's figures)
 
@@ -381,35 +382,52 @@ def _select_folds(all_folds: list[int], folds: list[int] | None) -> list[int]:
     return sorted(set(folds))
 
 
-def _epoch_line(k: int, row: dict, metric: str, epochs: int) -> str:
-    return (f"fold {k} epoch {row['epoch']}/{epochs}  lr {row['lr']:.2e}  train_loss {row['train_loss']:.4f}  "
+def _epoch_line(k: int, row: dict, metric: str, epochs: int, member: str = "") -> str:
+    return (f"fold {k}{member} epoch {row['epoch']}/{epochs}  lr {row['lr']:.2e}  train_loss {row['train_loss']:.4f}  "
             f"val_loss {row['val_loss']:.4f}  {metric} {row[metric]:.4f}  ({row['seconds']:.1f} s)")
 
 
-def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir, tracker, bar) -> dict:
-    """Train fold ``k``; rank 0 writes its weights, encoder, history, predictions and DONE."""
-    started = time.perf_counter()
-    train_rows, val_rows, test_rows = data.split(k)
-    if len(train_rows) < 2 or len(val_rows) == 0:
-        raise InputDataError(f"fold {k}: {len(train_rows)} training and {len(val_rows)} validation rows; "
-                             f"the cohort's folds are too small to train on")
+def weight_files(seeds: int) -> list[str]:
+    """A fold's weight files: ``model.safetensors``, then ``model_seed<j>.safetensors`` per further seed."""
+    return ["model.safetensors", *(f"model_seed{j}.safetensors" for j in range(1, seeds))]
+
+
+def member_seed(cfg: FusionConfig, k: int, j: int) -> int:
+    """The seed of fold ``k``'s network ``j`` (``train.seeds``); network 0 keeps the single-network seed."""
+    return cfg.seed + k + 1000 * j
+
+
+def _train_member(fabric, cfg: FusionConfig, data: CohortData, k: int, j: int, run: RunDir, tracker, bar,
+                  rows: tuple[np.ndarray, np.ndarray], history: list[dict]) -> tuple[FoldTrainer, int]:
+    """Train fold ``k``'s network ``j``; appends its epochs to ``history`` (rank 0 writes it).
+    Returns the trainer, whose ``predictor`` then predicts, and the epoch used."""
+    train_rows, val_rows = rows
     rank0 = fabric.is_global_zero
-    if rank0:  # retraining a finished fold: it is unfinished until the new DONE
-        run.unmark_done(k)
-    fabric.seed_everything(cfg.seed + k, verbose=False)
-    trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=cfg.seed + k)
+    seed = member_seed(cfg, k, j)
+    fabric.seed_everything(seed, verbose=False)
+    trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=seed)
+    several = cfg.train.seeds > 1
+    member = f" seed {j + 1}/{cfg.train.seeds}" if several else ""
+    prefix = f"fold_{k}/seed_{j}" if several else f"fold_{k}"
     staged_fit = cfg.train.meta_epochs > 0 and trainer.raw.meta is not None
     if staged_fit:
         staged.begin_image_stage(trainer.raw, trainer.predictor)
-    history: list[dict] = []
     best: tuple[float, int, dict] | None = None
     y_val = data.labels[val_rows]
     epochs = cfg.train.epochs
+
+    def record(new_rows: list[dict], total_epochs: int) -> None:
+        history.extend({**row, "seed": j} if several else row for row in new_rows)
+        if rank0:
+            for row in new_rows:
+                console.print(_epoch_line(k, row, metric, total_epochs, member), highlight=False, soft_wrap=True)
+            write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
+
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         lr = trainer.schedule.lr
-        task = bar.add_task(f"fold {k} epoch {epoch}/{epochs}", total=len(trainer.train_loader), status="") \
-            if rank0 else None
+        task = bar.add_task(f"fold {k}{member} epoch {epoch}/{epochs}", total=len(trainer.train_loader),
+                            status="") if rank0 else None
 
         def on_step(i, n, task=task):
             if task is not None and (i % 5 == 0 or i == n):
@@ -421,14 +439,12 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
         trainer.schedule.epoch_end(val_loss)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss, metric: value,
                "seconds": time.perf_counter() - t0}
-        history.append(row)
         if rank0:
             bar.update(task, status=f"loss {train_loss:.4f} val_loss {val_loss:.4f} {metric} {value:.4f}")
             bar.remove_task(task)
-            console.print(_epoch_line(k, row, metric, epochs), highlight=False, soft_wrap=True)
-            write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
-            tracker.log_metrics({f"fold_{k}/{name}": v for name, v in row.items() if name != "epoch"},
+            tracker.log_metrics({f"{prefix}/{name}": v for name, v in row.items() if name != "epoch"},
                                 step=epoch)
+        record([row], epochs)
         score = value if math.isfinite(value) else -val_loss
         if cfg.eval.oof_epoch == "best" and (best is None or score > best[0]):
             best = (score, epoch, copy.deepcopy(trainer.predictor.state_dict()))
@@ -441,32 +457,54 @@ def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir,
     if trainer.swa is not None:  # before the metadata stage, which then starts from the averaged backbone
         trainer.finish_averaging()
     if staged_fit:
-        rows = staged.run_meta_stage(trainer, val_rows, lambda p: _val_metric(data.spec, y_val, p), epochs + 1)
-        history += rows
+        record(staged.run_meta_stage(trainer, val_rows, lambda p: _val_metric(data.spec, y_val, p), epochs + 1),
+               epochs + cfg.train.meta_epochs)
+    return trainer, used
+
+
+def train_fold(fabric, cfg: FusionConfig, data: CohortData, k: int, run: RunDir, tracker, bar) -> dict:
+    """Train fold ``k`` (``train.seeds`` networks, probabilities averaged); rank 0 writes their weights, the
+    encoder, history, predictions and DONE."""
+    started = time.perf_counter()
+    train_rows, val_rows, test_rows = data.split(k)
+    if len(train_rows) < 2 or len(val_rows) == 0:
+        raise InputDataError(f"fold {k}: {len(train_rows)} training and {len(val_rows)} validation rows; "
+                             f"the cohort's folds are too small to train on")
+    rank0 = fabric.is_global_zero
+    if rank0:  # retraining a finished fold: it is unfinished until the new DONE
+        run.unmark_done(k)
+    history: list[dict] = []
+    files = weight_files(cfg.train.seeds)
+    oof_prob = test_prob = None
+    used: list[int] = []
+    for j, name in enumerate(files):
+        trainer, epoch = _train_member(fabric, cfg, data, k, j, run, tracker, bar, (train_rows, val_rows), history)
+        used.append(epoch)
+        oof = trainer.predict(val_rows, tta=cfg.eval.tta)
+        test = trainer.predict(test_rows, tta=cfg.eval.tta)
+        oof_prob, test_prob = (oof, test) if oof_prob is None else (oof_prob + oof, test_prob + test)
         if rank0:
-            for row in rows:
-                console.print(_epoch_line(k, row, metric, epochs + cfg.train.meta_epochs), highlight=False,
-                              soft_wrap=True)
-            write_csv(run.fold_dir(k) / "history.csv", pd.DataFrame(history))
-    oof_prob = trainer.predict(val_rows, tta=cfg.eval.tta)
-    test_prob = trainer.predict(test_rows, tta=cfg.eval.tta)
-    info = {"fold": k, "epoch_used": used, "epochs": epochs, "swa_epochs": cfg.train.swa_epochs,
+            save_weights(trainer.predictor, run.fold_dir(k) / name,
+                         metadata={"backbone": cfg.model.backbone, "fold": str(k), "epoch": str(epoch),
+                                   "seed": str(member_seed(cfg, k, j))})
+        encoder = trainer.encoder  # fitted on the fold's training rows: the same for every network
+        del trainer
+    oof_prob, test_prob = oof_prob / len(files), test_prob / len(files)
+    info = {"fold": k, "epoch_used": used[0] if len(used) == 1 else used, "epochs": cfg.train.epochs,
+            "swa_epochs": cfg.train.swa_epochs, "seeds": cfg.train.seeds,
             "seconds": round(time.perf_counter() - started, 2),
             "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_test": int(len(test_rows)),
             "folds": data.folds, "target": data.spec.column, "classes": data.spec.classes,
             "positive_class": data.spec.positive_class}
     if rank0:
         fold_dir = run.fold_dir(k)
-        save_weights(trainer.predictor, fold_dir / "model.safetensors",
-                     metadata={"backbone": cfg.model.backbone, "fold": str(k), "epoch": str(used)})
-        write_json(fold_dir / "meta_encoder.json", {"feature_names": trainer.encoder.feature_names_,
-                                                    **trainer.encoder.to_dict()})
+        write_json(fold_dir / "meta_encoder.json", {"feature_names": encoder.feature_names_, **encoder.to_dict()})
         cohort = data.cohort
         run.write_fold_predictions(k, predictions_frame(cohort.iloc[val_rows], oof_prob, data.spec),
                                    predictions_frame(cohort.iloc[test_rows], test_prob, data.spec))
-        _, oof_value, _ = _val_metric(data.spec, y_val, oof_prob)
+        metric, oof_value, _ = _val_metric(data.spec, data.labels[val_rows], oof_prob)
         info[f"oof_{metric.removeprefix('val_')}"] = oof_value
-        run.mark_done(k, info, files=["model.safetensors", "meta_encoder.json", "history.csv"])
+        run.mark_done(k, info, files=[*files, "meta_encoder.json", "history.csv"])
     fabric.barrier()
     return info
 
@@ -604,13 +642,17 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
         state = read_json(record.verify(f"fold_{k}/meta_encoder.json"))
         encoder = MetaEncoder.from_dict(state)
         meta = encoder.transform(feats)
-        model = build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}),
-                            meta.shape[1], n_outputs)
-        load_weights(model, record.verify(f"fold_{k}/model.safetensors")).to(dev)
-        prob = predict_rows(model, store, rows, meta, tta=cfg.eval.tta,
-                            batch_size=cfg.eval.batch_size or 2 * cfg.train.batch_size, device=dev,
-                            precision=precision, channels_last=cfg.train.channels_last)
-        probs[int(k)] = prob
+        files = weight_files(cfg.train.seeds)
+        prob = None
+        for name in files:  # the fold's seed ensemble, averaged as train-fusion averaged its OOF
+            model = build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}),
+                                meta.shape[1], n_outputs)
+            load_weights(model, record.verify(f"fold_{k}/{name}")).to(dev)
+            one = predict_rows(model, store, rows, meta, tta=cfg.eval.tta,
+                               batch_size=cfg.eval.batch_size or 2 * cfg.train.batch_size, device=dev,
+                               precision=precision, channels_last=cfg.train.channels_last)
+            prob = one if prob is None else prob + one
+        probs[int(k)] = prob / len(files)
     if per_fold:
         return probs
     total = None

@@ -107,6 +107,11 @@ class TrainConfig(StageConfig):
     swa_lr: float | None = Field(
         None, gt=0, description="With swa_epochs: the cosine decays to this rate by the first averaged epoch and "
                                 "holds it through the averaged epochs; null = the cosine runs to min_lr as usual.")
+    seeds: int = Field(
+        1, ge=1, le=16, description="Networks trained per fold, each from its own seed (seed + fold + 1000 x j); "
+                                    "their probabilities are averaged for the OOF, the test rows and predict "
+                                    "(a seed ensemble: less variance, the same bias; costs this many times the "
+                                    "training). 1 = one network.")
     meta_drop_p: float = Field(0.0, ge=0, le=1, description="Per-sample probability of blanking all metadata.")
     aux_descriptors: float = Field(
         0.0, ge=0, description="> 0: the backbone also regresses the cohort's standardised lesion_* descriptors "
