@@ -15,8 +15,8 @@ def test_image_cpu_small_is_fusion_cpu_small_image_only_and_longer():
     image = load_config(FusionConfig, "image-cpu-small", extra=PATHS)
     fusion = load_config(FusionConfig, "fusion-cpu-small", extra=PATHS)
     assert not image.model.use_meta and fusion.model.use_meta
-    assert (image.train.epochs, image.train.lr, image.eval.tta) == (10, 4e-3, 1)
-    assert (fusion.train.epochs, fusion.train.lr, fusion.eval.tta) == (8, 2e-3, 4)
+    assert (image.train.epochs, image.train.lr, image.eval.tta, image.train.seeds) == (10, 4e-3, 1, 2)
+    assert (fusion.train.epochs, fusion.train.lr, fusion.eval.tta, fusion.train.seeds) == (8, 2e-3, 4, 1)
     # Everything else comes from the base, section by section.
     assert image.model.backbone == fusion.model.backbone and image.image_size == fusion.image_size
     assert image.augment == fusion.augment and image.train.aux_descriptors == fusion.train.aux_descriptors
