@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -148,17 +149,22 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str, vmin: float =
 def curves_plot(series: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], xlabel: str) -> Figure:
     """One panel per ``panel -> {line name -> (x, y)}`` (e.g. loss and AUC by epoch per fold).
 
-    Lines named ``"<group> train"`` and ``"<group> val"`` share a colour; train is dashed.
+    Lines named ``"<group> train"`` and ``"<group> val"`` share a colour; train is dashed. The networks of a
+    seed ensemble (``"<group> seed <j> ..."``) share their group's colour and legend entry.
     """
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = figure(5 * len(series), 3.5, ncols=len(series))
     for ax, (panel, lines) in zip(axes, series.items()):
         groups: dict[str, int] = {}
+        labelled: set[str] = set()
         for name, (x, y) in lines.items():
-            group = groups.setdefault(name.removesuffix(" train").removesuffix(" val"), len(groups))
+            stem = name.removesuffix(" train").removesuffix(" val")
+            group = groups.setdefault(re.sub(r" seed \d+", "", stem), len(groups))
+            label = re.sub(r" seed \d+", "", name)
             ax.plot(x, y, color=PALETTE[group % len(PALETTE)], ls="--" if name.endswith(" train") else "-",
-                    label=name)
+                    label=label if label not in labelled else "_nolegend_")
+            labelled.add(label)
         ax.set(title=panel, xlabel=xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)

@@ -214,3 +214,20 @@ def test_after_stage_is_the_one_report_call_and_a_failure_keeps_the_run(run_dir,
     out = capsys.readouterr().err  # melanet's console writes to stderr
     assert "report.html not written" in out and f"melanet report {run_dir}" in " ".join(out.split())
     assert not (run_dir / "report.html").exists() and (run_dir / "COMPLETE").is_file()
+
+
+def test_a_seed_ensemble_draws_every_network_in_its_folds_colour_with_one_legend_entry():
+    from melanet import plots
+
+    history = pd.DataFrame({"epoch": [1, 2, 1, 2], "lr": [1e-3, 1e-4] * 2, "train_loss": [0.7, 0.5, 0.8, 0.6],
+                            "val_loss": [0.6, 0.5, 0.65, 0.55], "val_auc": [0.6, 0.7, 0.62, 0.68], "seed": [0, 0, 1, 1]})
+    panels = report.training_panels({"fold 0": history, "fold 1": history})
+    assert set(panels["validation metric"]) == {f"fold {k} seed {j} auc" for k in (0, 1) for j in (0, 1)}
+    fig = plots.curves_plot(panels, "epoch")
+    loss, metric = fig.axes[0], fig.axes[1]
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["fold 0 train", "fold 0 val", "fold 1 train",
+                                                                     "fold 1 val"]
+    assert len(loss.lines) == 8  # every network drawn
+    colours = {line.get_label(): line.get_color() for line in metric.lines if not line.get_label().startswith("_")}
+    assert len(colours) == 2 and all(line.get_color() in colours.values() for line in metric.lines)
+    assert [line.get_color() for line in metric.lines] == [colours["fold 0 auc"]] * 2 + [colours["fold 1 auc"]] * 2
