@@ -407,7 +407,7 @@ def _train_member(fabric, cfg: FusionConfig, data: CohortData, k: int, j: int, r
     fabric.seed_everything(seed, verbose=False)
     trainer = FoldTrainer(fabric, cfg, data, train_rows, seed=seed)
     several = cfg.train.seeds > 1
-    member = f" seed {j + 1}/{cfg.train.seeds}" if several else ""
+    member = f" seed {j}" if several else ""  # numbered as history.csv's seed column and model_seed<j>
     prefix = f"fold_{k}/seed_{j}" if several else f"fold_{k}"
     staged_fit = cfg.train.meta_epochs > 0 and trainer.raw.meta is not None
     if staged_fit:
