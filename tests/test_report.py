@@ -220,7 +220,8 @@ def test_a_seed_ensemble_draws_every_network_in_its_folds_colour_with_one_legend
     from melanet import plots
 
     history = pd.DataFrame({"epoch": [1, 2, 1, 2], "lr": [1e-3, 1e-4] * 2, "train_loss": [0.7, 0.5, 0.8, 0.6],
-                            "val_loss": [0.6, 0.5, 0.65, 0.55], "val_auc": [0.6, 0.7, 0.62, 0.68], "seed": [0, 0, 1, 1]})
+                            "val_loss": [0.6, 0.5, 0.65, 0.55], "val_auc": [0.6, 0.7, 0.62, 0.68],
+                            "seed": [0, 0, 1, 1]})
     panels = report.training_panels({"fold 0": history, "fold 1": history})
     assert set(panels["validation metric"]) == {f"fold {k} seed {j} auc" for k in (0, 1) for j in (0, 1)}
     fig = plots.curves_plot(panels, "epoch")
