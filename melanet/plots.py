@@ -159,9 +159,8 @@ def curves_plot(series: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]
         groups: dict[str, int] = {}
         labelled: set[str] = set()
         for name, (x, y) in lines.items():
-            stem = name.removesuffix(" train").removesuffix(" val")
-            group = groups.setdefault(re.sub(r" seed \d+", "", stem), len(groups))
             label = re.sub(r" seed \d+", "", name)
+            group = groups.setdefault(label.removesuffix(" train").removesuffix(" val"), len(groups))
             ax.plot(x, y, color=PALETTE[group % len(PALETTE)], ls="--" if name.endswith(" train") else "-",
                     label=label if label not in labelled else "_nolegend_")
             labelled.add(label)

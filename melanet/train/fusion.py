@@ -637,17 +637,17 @@ def predict(run_dir: str | Path, cohort: pd.DataFrame, data_dir: str | Path, *,
     store = ImageStore(data_dir, cohort["image_path"].astype(str).tolist(), cfg.image_size, cfg.train.preload_max_mb)
     rows = np.arange(len(cohort))
     n_outputs = 1 if info["classes"] is None else len(info["classes"])
+    scratch = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})})
+    files = weight_files(cfg.train.seeds)
     probs: dict[int, np.ndarray] = {}
     for k in info["folds"]:
         state = read_json(record.verify(f"fold_{k}/meta_encoder.json"))
         encoder = MetaEncoder.from_dict(state)
         meta = encoder.transform(feats)
-        files = weight_files(cfg.train.seeds)
+        model = build_model(scratch, meta.shape[1], n_outputs).to(dev)
         prob = None
         for name in files:  # the fold's seed ensemble, averaged as train-fusion averaged its OOF
-            model = build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}),
-                                meta.shape[1], n_outputs)
-            load_weights(model, record.verify(f"fold_{k}/{name}")).to(dev)
+            load_weights(model, record.verify(f"fold_{k}/{name}"))  # strict: every tensor replaced
             one = predict_rows(model, store, rows, meta, tta=cfg.eval.tta,
                                batch_size=cfg.eval.batch_size or 2 * cfg.train.batch_size, device=dev,
                                precision=precision, channels_last=cfg.train.channels_last)
